@@ -1,0 +1,47 @@
+"""Where the Hydra configs are, the resolvers they use, and the one helper every object is built with."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+
+def config_dir() -> Path:
+    """The ``conf/`` folder: inside the installed package (wheel), else the repository root (clone, editable)."""
+    packaged = Path(__file__).resolve().parent / "conf"
+    if (packaged / "train.yaml").is_file():
+        return packaged
+    repo = Path(__file__).resolve().parents[2] / "conf"
+    if (repo / "train.yaml").is_file():
+        return repo
+    raise FileNotFoundError(f"scan_lightning configs not found in {packaged} or {repo}")
+
+
+def _one_minus(alpha: float) -> float:
+    """``1 - alpha`` for SCAN Eq. 1, where alpha (the KD weight) must lie in [0, 1]."""
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha={alpha} (the KD weight, loss.terms.kd.weight) must lie in [0, 1]")
+    return 1.0 - alpha
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("sl.one_minus"):
+        OmegaConf.register_new_resolver("sl.one_minus", _one_minus)
+
+
+def build(cfg: DictConfig | dict, key: str | None = None, **kwargs: Any) -> Any:
+    """Instantiate an object from a config node; a plain dict is placed under ``key`` so errors name it."""
+    if isinstance(cfg, dict):
+        cfg = OmegaConf.create({key: cfg})[key] if key else OmegaConf.create(cfg)
+    return instantiate(cfg, **kwargs)
+
+
+def to_plain(cfg: DictConfig) -> dict:
+    """Resolved plain-data copy of a config (safe to pickle into checkpoints with weights_only=True)."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+register_resolvers()
