@@ -1,0 +1,42 @@
+"""A backbone cut into sequential sections, with the metadata an exit needs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class SectionInfo:
+    """What leaves one section: channel count and total stride (reduction) w.r.t. the input."""
+
+    name: str
+    channels: int
+    reduction: int
+
+
+class SectionedBackbone(nn.Module):
+    """A feature extractor made of ``sections`` run one after the other.
+
+    An exit may be attached after every section; ``feature_info[i]`` describes the output of section ``i``.
+    """
+
+    def __init__(self, sections: nn.ModuleList, feature_info: list[SectionInfo]) -> None:
+        super().__init__()
+        if len(sections) != len(feature_info):
+            raise ValueError(f"{len(sections)} sections but {len(feature_info)} feature_info entries")
+        self.sections = sections
+        self.feature_info = list(feature_info)
+
+    @property
+    def num_sections(self) -> int:
+        return len(self.sections)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Return the output of every section."""
+        features = []
+        for section in self.sections:
+            x = section(x)
+            features.append(x)
+        return features

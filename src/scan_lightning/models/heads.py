@@ -1,0 +1,72 @@
+"""Exit heads: SCAN attention module, SCAN bottleneck classifier, plain pool+linear classifier.
+
+Every head maps a section output to ``(logits, feature)``, where ``feature`` is the pooled vector that
+feeds the final Linear layer (SCAN's F_i, used by the feature-hint loss).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int, padding: int = 0) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class AttentionModule(nn.Module):
+    """SCAN Eq. 2: conv 3x3/2 + BN + ReLU, deconv 4/2 + BN, sigmoid -> a mask the size of the input.
+
+    ``forward`` returns ``mask * x``; the mask feeds only the exit's classifier, never the trunk.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.mask = nn.Sequential(
+            *_conv_bn_relu(channels, channels, kernel=3, stride=2, padding=1),
+            nn.ConvTranspose2d(channels, channels, kernel_size=4, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.Sigmoid(),
+        )
+
+    def attention_map(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self.mask(x)
+        # Odd sizes (e.g. 7x7) come back one pixel larger after the transposed conv; crop to the input.
+        return mask[..., : x.shape[-2], : x.shape[-1]]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attention_map(x) * x
+
+
+class BottleneckHead(nn.Module):
+    """SCAN / self-distillation shallow classifier.
+
+    1x1 conv to ``width`` ch, conv with kernel = stride = ``stride`` (brings the map to the deep exit's
+    size), 1x1 conv to ``out_features`` ch, each + BN + ReLU; global average pool; Linear.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, out_features: int, stride: int, width: int = 128) -> None:
+        super().__init__()
+        layers = _conv_bn_relu(in_channels, width, kernel=1, stride=1)
+        if stride > 1:
+            layers += _conv_bn_relu(width, width, kernel=stride, stride=stride)
+        layers += _conv_bn_relu(width, out_features, kernel=1, stride=1)
+        self.bottleneck = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(out_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feature = self.pool(self.bottleneck(x)).flatten(1)
+        return self.fc(feature), feature
+
+
+class LinearHead(nn.Module):
+    """Global average pool + Linear: the deep exit, or a plain shallow exit."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feature = self.pool(x).flatten(1)
+        return self.fc(feature), feature

@@ -1,0 +1,106 @@
+"""The multi-exit network: a sectioned backbone with one exit after every section."""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from scan_lightning.models.backbone import SectionedBackbone
+from scan_lightning.models.heads import AttentionModule, BottleneckHead, LinearHead
+
+HEAD_KINDS = ("bottleneck", "linear")
+
+
+class ExitOutputs(NamedTuple):
+    """Per-exit logits and pooled features, shallowest first."""
+
+    logits: list[torch.Tensor]
+    features: list[torch.Tensor]
+
+    @property
+    def ensemble(self) -> torch.Tensor:
+        """Mean of all exits' logits (SCAN's fallback prediction)."""
+        return ensemble_logits(self.logits)
+
+
+def ensemble_logits(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(list(logits)).mean(0)
+
+
+def _per_shallow_exit(value, n: int, name: str, allowed: tuple | None = None) -> list:
+    """Expand a scalar setting to one per shallow exit, or check a given list's length and values."""
+    values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value] * n
+    if len(values) != n:
+        raise ValueError(f"model.{name} has {len(values)} entries but the backbone has {n} shallow exits")
+    if allowed is not None:
+        for v in values:
+            if v not in allowed:
+                raise ValueError(f"model.{name}={v!r} is not allowed; choose one of {allowed}")
+    return values
+
+
+class MultiExitNetwork(nn.Module):
+    """Backbone sections, an exit after each: shallow exits = [attention] + head, deep exit = pool + linear.
+
+    Args:
+        backbone: the sectioned feature extractor.
+        num_classes: classes of every exit.
+        head: ``"bottleneck"`` (SCAN) or ``"linear"`` for shallow exits; one value or one per shallow exit.
+        attention: SCAN attention module before each shallow head; one bool or one per shallow exit.
+        bottleneck_width: channels inside the SCAN bottleneck (128 in the paper).
+    """
+
+    def __init__(
+        self,
+        backbone: SectionedBackbone,
+        num_classes: int,
+        head: str | Sequence[str] = "bottleneck",
+        attention: bool | Sequence[bool] = True,
+        bottleneck_width: int = 128,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes={num_classes} must be >= 2")
+        self.backbone = backbone
+        self.num_classes = num_classes
+        info = backbone.feature_info
+        n_shallow = len(info) - 1
+        heads = _per_shallow_exit(head, n_shallow, "head", HEAD_KINDS)
+        attn = _per_shallow_exit(attention, n_shallow, "attention", (True, False))
+        deep = info[-1]
+        self.attentions = nn.ModuleList(
+            [AttentionModule(s.channels) if a else nn.Identity() for s, a in zip(info[:-1], attn)]
+        )
+        exit_heads: list[nn.Module] = []
+        for s, kind in zip(info[:-1], heads):
+            if kind == "bottleneck":
+                stride = max(1, deep.reduction // s.reduction)
+                exit_heads.append(BottleneckHead(s.channels, num_classes, deep.channels, stride, bottleneck_width))
+            else:
+                exit_heads.append(LinearHead(s.channels, num_classes))
+        exit_heads.append(LinearHead(deep.channels, num_classes))
+        self.heads = nn.ModuleList(exit_heads)
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.heads)
+
+    @property
+    def sections(self) -> nn.ModuleList:
+        return self.backbone.sections
+
+    def forward_exit(self, i: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and feature of exit ``i`` (0-based) from section ``i``'s output ``h``."""
+        if i < len(self.attentions):
+            h = self.attentions[i](h)
+        return self.heads[i](h)
+
+    def forward(self, x: torch.Tensor) -> ExitOutputs:
+        logits, features = [], []
+        for i, section in enumerate(self.backbone.sections):
+            x = section(x)
+            out, feat = self.forward_exit(i, x)
+            logits.append(out)
+            features.append(feat)
+        return ExitOutputs(logits, features)

@@ -1,0 +1,86 @@
+"""ResNets cut into stem+stage sections, built from torchvision's residual blocks.
+
+``stem="cifar"`` is the 3x3 stride-1 stem without max-pool used by SCAN on 32x32 images;
+``stem="imagenet"`` is torchvision's 7x7/2 stem with 3x3/2 max-pool. ``width`` scales every stage's
+channel count (1.0 = the paper's 64-128-256-512) so CPU-sized variants keep the same topology.
+"""
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
+
+from scan_lightning.models.backbone import SectionedBackbone, SectionInfo
+from scan_lightning.models.registry import register_backbone
+
+Stem = Literal["cifar", "imagenet"]
+STEMS = ("cifar", "imagenet")
+
+
+def _stem(kind: str, in_channels: int, out_channels: int) -> tuple[nn.Sequential, int]:
+    if kind == "cifar":
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+        return nn.Sequential(conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)), 1
+    if kind == "imagenet":
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size=7, stride=2, padding=3, bias=False)
+        pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        return nn.Sequential(conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True), pool), 4
+    raise ValueError(f"stem={kind!r} is not a ResNet stem; choose one of {STEMS}")
+
+
+def _stage(block: type[BasicBlock | Bottleneck], inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
+    downsample = None
+    if stride != 1 or inplanes != planes * block.expansion:
+        downsample = nn.Sequential(
+            conv1x1(inplanes, planes * block.expansion, stride), nn.BatchNorm2d(planes * block.expansion)
+        )
+    layers = [block(inplanes, planes, stride, downsample)]
+    layers += [block(planes * block.expansion, planes) for _ in range(1, blocks)]
+    return nn.Sequential(*layers)
+
+
+def _init_weights(module: nn.Module) -> None:
+    """He init for convs, BN at (1, 0): torchvision's ResNet initialisation."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+
+
+def build_resnet(
+    block: type[BasicBlock | Bottleneck],
+    layers: Sequence[int],
+    *,
+    stem: Stem = "cifar",
+    in_channels: int = 3,
+    width: float = 1.0,
+) -> SectionedBackbone:
+    """Four sections: (stem + layer1), layer2, layer3, layer4 - one exit after each."""
+    if width <= 0:
+        raise ValueError(f"width={width} must be > 0")
+    if len(layers) != 4 or any(n < 1 for n in layers):
+        raise ValueError(f"layers={list(layers)} must be four positive block counts")
+    planes = [max(1, round(p * width)) for p in (64, 128, 256, 512)]
+    stem_module, reduction = _stem(stem, in_channels, planes[0])
+    sections, info = [], []
+    inplanes = planes[0]
+    for i, (p, n) in enumerate(zip(planes, layers)):
+        stride = 1 if i == 0 else 2
+        stage = _stage(block, inplanes, p, n, stride)
+        inplanes = p * block.expansion
+        reduction *= stride
+        sections.append(nn.Sequential(stem_module, stage) if i == 0 else stage)
+        info.append(SectionInfo(name=f"layer{i + 1}", channels=inplanes, reduction=reduction))
+    backbone = SectionedBackbone(nn.ModuleList(sections), info)
+    _init_weights(backbone)
+    return backbone
+
+
+@register_backbone
+def resnet18(*, stem: Stem = "cifar", in_channels: int = 3, width: float = 1.0,
+             layers: Sequence[int] = (2, 2, 2, 2)) -> SectionedBackbone:
+    """ResNet18 (BasicBlock); ``layers`` may be shrunk for CPU-sized runs."""
+    return build_resnet(BasicBlock, layers, stem=stem, in_channels=in_channels, width=width)
