@@ -1,0 +1,32 @@
+"""Combine named, weighted loss terms; return the total and every term's (unweighted) value."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from scan_lightning.losses.terms import LossTerm
+from scan_lightning.models.multi_exit import ExitOutputs
+
+
+class LossComposer(nn.Module):
+    """``total = sum(term.weight * term(outputs, target))`` over the named terms."""
+
+    def __init__(self, terms: Mapping[str, LossTerm]) -> None:
+        super().__init__()
+        if not terms:
+            raise ValueError("loss.terms is empty; declare at least one term")
+        for name, term in terms.items():
+            if not isinstance(term, LossTerm):
+                raise TypeError(f"loss term {name!r} is a {type(term).__name__}, not a LossTerm")
+        self.terms = nn.ModuleDict(dict(terms))
+
+    def forward(self, outputs: ExitOutputs, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        values = {name: term(outputs, target) for name, term in self.terms.items()}
+        total = sum(self.terms[name].weight * v for name, v in values.items())
+        return total, values
+
+    def __str__(self) -> str:
+        """The objective as a readable formula, e.g. ``1.0 * ce_deep + 0.5 * kd``."""
+        return " + ".join(f"{t.weight:g} * {name}" for name, t in self.terms.items())

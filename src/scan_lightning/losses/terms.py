@@ -1,0 +1,121 @@
+"""Loss terms over multi-exit outputs. Each term returns one scalar summed over the exits it covers.
+
+Exit selections: ``"all"``, ``"shallow"`` (every exit but the deepest), ``"deepest"``, or a list of
+0-based exit indices.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scan_lightning.models.multi_exit import ExitOutputs
+
+ExitSelection = str | Sequence[int]
+SELECTIONS = ("all", "shallow", "deepest")
+TEACHERS = ("deepest", "ensemble")
+HINT_REDUCTIONS = ("mean", "sum")
+
+
+def select_exits(exits: ExitSelection, num_exits: int) -> list[int]:
+    if isinstance(exits, str):
+        if exits == "all":
+            return list(range(num_exits))
+        if exits == "shallow":
+            return list(range(num_exits - 1))
+        if exits == "deepest":
+            return [num_exits - 1]
+        raise ValueError(f"exits={exits!r} is not a selection; use one of {SELECTIONS} or a list of indices")
+    picked = [int(i) for i in exits]
+    bad = [i for i in picked if not 0 <= i < num_exits]
+    if bad:
+        raise ValueError(f"exit indices {bad} do not exist; the network has exits 0..{num_exits - 1}")
+    return picked
+
+
+def _check_selection(exits: ExitSelection) -> ExitSelection:
+    if isinstance(exits, str) and exits not in SELECTIONS:
+        raise ValueError(f"exits={exits!r} is not a selection; use one of {SELECTIONS} or a list of indices")
+    return exits if isinstance(exits, str) else [int(i) for i in exits]
+
+
+class LossTerm(nn.Module):
+    """A named, weighted loss term; ``weight`` is read by the composer."""
+
+    def __init__(self, weight: float = 1.0, exits: ExitSelection = "all") -> None:
+        super().__init__()
+        if weight < 0:
+            raise ValueError(f"loss term weight={weight} must be >= 0")
+        self.weight = float(weight)
+        self.exits = _check_selection(exits)
+
+    def forward(self, outputs: ExitOutputs, target: torch.Tensor) -> torch.Tensor:
+        idx = select_exits(self.exits, len(outputs.logits))
+        return torch.stack([self.exit_loss(outputs, target, i) for i in idx]).sum()
+
+    def exit_loss(self, outputs: ExitOutputs, target: torch.Tensor, i: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class CrossEntropy(LossTerm):
+    """Cross-entropy of each selected exit against the labels."""
+
+    def exit_loss(self, outputs: ExitOutputs, target: torch.Tensor, i: int) -> torch.Tensor:
+        return F.cross_entropy(outputs.logits[i], target)
+
+
+def kd_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of the softened distributions, mean over the batch, times T^2 (Hinton)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), reduction="batchmean",
+                    log_target=True) * t * t
+
+
+class Distillation(LossTerm):
+    """Self-distillation: each selected exit learns the softened output of a detached teacher.
+
+    ``teacher="deepest"`` (SCAN) uses the deepest exit, ``"ensemble"`` the mean of all exits' logits.
+    """
+
+    def __init__(self, weight: float = 1.0, exits: ExitSelection = "shallow", temperature: float = 3.0,
+                 teacher: str = "deepest") -> None:
+        super().__init__(weight, exits)
+        if temperature <= 0:
+            raise ValueError(f"temperature={temperature} must be > 0")
+        if teacher not in TEACHERS:
+            raise ValueError(f"teacher={teacher!r} is not allowed; choose one of {TEACHERS}")
+        self.temperature = float(temperature)
+        self.teacher = teacher
+
+    def forward(self, outputs: ExitOutputs, target: torch.Tensor) -> torch.Tensor:
+        teacher = outputs.logits[-1] if self.teacher == "deepest" else outputs.ensemble
+        teacher = teacher.detach()
+        idx = select_exits(self.exits, len(outputs.logits))
+        return torch.stack([kd_kl(outputs.logits[i], teacher, self.temperature) for i in idx]).sum()
+
+
+class FeatureHint(LossTerm):
+    """Squared L2 distance between each selected exit's pooled feature and the deepest one (detached).
+
+    ``reduction="mean"``: mean over the batch of the per-sample squared distance (independent of batch
+    size). ``reduction="sum"``: summed over batch and feature dims, as the SCAN public code does - its
+    weight 5e-7 assumes batch 128, i.e. equals weight 6.4e-5 with ``"mean"``.
+    """
+
+    def __init__(self, weight: float = 1.0, exits: ExitSelection = "shallow", reduction: str = "mean") -> None:
+        super().__init__(weight, exits)
+        if reduction not in HINT_REDUCTIONS:
+            raise ValueError(f"reduction={reduction!r} is not allowed; choose one of {HINT_REDUCTIONS}")
+        self.reduction = reduction
+
+    def exit_loss(self, outputs: ExitOutputs, target: torch.Tensor, i: int) -> torch.Tensor:
+        f_i, f_deep = outputs.features[i], outputs.features[-1].detach()
+        if f_i.shape != f_deep.shape:
+            raise ValueError(
+                f"feature hint needs equal feature widths; exit {i} has {tuple(f_i.shape[1:])}, the deepest "
+                f"{tuple(f_deep.shape[1:])} (use bottleneck heads, or drop the hint term)"
+            )
+        sq = (f_i - f_deep).pow(2).sum()
+        return sq / f_i.shape[0] if self.reduction == "mean" else sq

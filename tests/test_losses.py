@@ -1,0 +1,109 @@
+"""Loss terms against hand computations, teacher detachment, composer weighting, bad values."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hydra.errors import InstantiationException
+from omegaconf.errors import InterpolationResolutionError
+
+from scan_lightning.config import build
+from scan_lightning.losses import CrossEntropy, Distillation, FeatureHint, LossComposer
+from scan_lightning.models.multi_exit import ExitOutputs
+
+
+def outputs(requires_grad: bool = True) -> ExitOutputs:
+    g = torch.Generator().manual_seed(1)
+    logits = [torch.randn(4, 5, generator=g, requires_grad=requires_grad) for _ in range(3)]
+    feats = [torch.randn(4, 6, generator=g, requires_grad=requires_grad) for _ in range(3)]
+    return ExitOutputs(logits, feats)
+
+
+def hand_kl(student: torch.Tensor, teacher: torch.Tensor, t: float) -> float:
+    """sum_c p_t * (log p_t - log p_s), averaged over the batch, times T^2 - written out in plain Python."""
+    total = 0.0
+    for s_row, t_row in zip(student.tolist(), teacher.tolist()):
+        zs = sum(math.exp(v / t) for v in s_row)
+        zt = sum(math.exp(v / t) for v in t_row)
+        for sv, tv in zip(s_row, t_row):
+            pt, ps = math.exp(tv / t) / zt, math.exp(sv / t) / zs
+            total += pt * (math.log(pt) - math.log(ps))
+    return total / len(student) * t * t
+
+
+def test_kd_matches_hand_computation_at_temperature():
+    out = outputs()
+    kd = Distillation(exits="shallow", temperature=3.0)
+    expected = sum(hand_kl(out.logits[i].detach(), out.logits[2].detach(), 3.0) for i in (0, 1))
+    assert kd(out, torch.zeros(4, dtype=torch.long)).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_kd_scales_with_t_squared():
+    out = outputs()
+    k1 = hand_kl(out.logits[0].detach(), out.logits[2].detach(), 4.0)
+    kd = Distillation(exits=[0], temperature=4.0)
+    assert kd(out, None).item() == pytest.approx(k1, rel=1e-5)
+    # the raw KL at T=4 is k1 / 16: the T^2 factor is really applied
+    assert k1 / 16 == pytest.approx(hand_kl(out.logits[0].detach(), out.logits[2].detach(), 4.0) / 16)
+
+
+@pytest.mark.parametrize("teacher", ["deepest", "ensemble"])
+def test_kd_teacher_is_detached(teacher):
+    out = outputs()
+    Distillation(exits="shallow", teacher=teacher)(out, None).backward()
+    assert out.logits[2].grad is None  # nothing reaches the deepest exit from the KD term
+    assert out.logits[0].grad is not None and out.logits[0].grad.abs().sum() > 0
+
+
+def test_cross_entropy_sums_selected_exits():
+    out = outputs()
+    y = torch.tensor([0, 1, 2, 3])
+    ce = CrossEntropy(exits="all")(out, y)
+    expected = sum(torch.nn.functional.cross_entropy(lg, y) for lg in out.logits)
+    assert ce.item() == pytest.approx(expected.item())
+    deep = CrossEntropy(exits="deepest")(out, y)
+    assert deep.item() == pytest.approx(torch.nn.functional.cross_entropy(out.logits[2], y).item())
+
+
+@pytest.mark.parametrize("reduction,divisor", [("mean", 4), ("sum", 1)])
+def test_feature_hint(reduction, divisor):
+    out = outputs()
+    hint = FeatureHint(exits="shallow", reduction=reduction)(out, None)
+    deep = out.features[2].detach()
+    expected = sum(((out.features[i].detach() - deep) ** 2).sum().item() for i in (0, 1)) / divisor
+    assert hint.item() == pytest.approx(expected, rel=1e-5)
+    hint.backward()
+    assert out.features[2].grad is None
+
+
+def test_composer_weights_and_returns_each_term():
+    out = outputs()
+    y = torch.tensor([0, 1, 2, 3])
+    terms = {"ce": CrossEntropy(weight=0.5, exits="all"), "kd": Distillation(weight=2.0, exits="shallow")}
+    total, values = LossComposer(terms)(out, y)
+    assert set(values) == {"ce", "kd"}
+    assert total.item() == pytest.approx(0.5 * values["ce"].item() + 2.0 * values["kd"].item())
+    assert str(LossComposer(terms)) == "0.5 * ce + 2 * kd"
+
+
+def test_scan_preset_follows_eq1(make_cfg):
+    cfg = make_cfg("loss=scan", "loss.terms.kd.weight=0.3")
+    composer = build(cfg.loss)
+    w = {name: t.weight for name, t in composer.terms.items()}
+    assert w["ce"] == pytest.approx(0.7) and w["kd"] == pytest.approx(0.3) and w["ce_deep"] == 1.0
+    assert composer.terms["kd"].temperature == 3.0
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("loss.terms.kd.weight=1.5", "alpha=1.5"),
+    ("loss.terms.kd.temperature=0", "temperature=0"),
+    ("loss.terms.hint.weight=-1", "weight=-1"),
+    ("loss.terms.hint.reduction=max", "reduction='max'"),
+    ("loss.terms.kd.teacher=middle", "teacher='middle'"),
+])
+def test_bad_loss_values_give_one_clear_error(make_cfg, override, needle):
+    cfg = make_cfg("loss=scan", override)
+    with pytest.raises((ValueError, InterpolationResolutionError, InstantiationException)) as err:
+        build(cfg.loss)
+    assert needle in str(err.value)
