@@ -1,0 +1,7 @@
+"""LightningDataModules with a held-out validation split taken from the training set."""
+from scan_lightning.data.base import SplitDataModule
+from scan_lightning.data.cifar import CIFARDataModule
+from scan_lightning.data.fashion_mnist import FashionMNISTDataModule
+from scan_lightning.data.synthetic import SyntheticDataModule
+
+__all__ = ["CIFARDataModule", "FashionMNISTDataModule", "SplitDataModule", "SyntheticDataModule"]

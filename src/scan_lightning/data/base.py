@@ -1,0 +1,90 @@
+"""Shared LightningDataModule logic: a seeded held-out validation split taken from the training set.
+
+The validation subset is drawn from a second copy of the training set that carries the *eval*
+transforms, so model selection and threshold search never see augmented images, and never the test set.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+Transform = Callable
+
+
+class SplitDataModule(pl.LightningDataModule):
+    """Subclasses implement ``make_dataset(train, transform)`` and the two transforms."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        image_size: int,
+        val_size: int,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+        max_train_samples: int | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("batch_size", batch_size), ("val_size", val_size), ("num_classes", num_classes)):
+            if value < 1:
+                raise ValueError(f"data.{name}={value} must be >= 1")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers={num_workers} must be >= 0")
+        self.num_classes, self.in_channels, self.image_size = num_classes, in_channels, image_size
+        self.val_size, self.seed, self.max_train_samples = val_size, seed, max_train_samples
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    # --- what a dataset provides ---------------------------------------------------------------
+    def make_dataset(self, train: bool, transform: Transform) -> Dataset:
+        raise NotImplementedError
+
+    def train_transform(self) -> Transform:
+        raise NotImplementedError
+
+    def eval_transform(self) -> Transform:
+        raise NotImplementedError
+
+    # --- split and loaders ---------------------------------------------------------------------
+    def split_indices(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Seeded (train, val) index split of ``n`` training samples."""
+        if self.val_size >= n:
+            raise ValueError(f"data.val_size={self.val_size} must be smaller than the training set ({n} samples)")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        val, train = perm[: self.val_size], perm[self.val_size:]
+        if self.max_train_samples is not None:
+            train = train[: self.max_train_samples]
+        return train, val
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            train_aug = self.make_dataset(train=True, transform=self.train_transform())
+            train_eval = self.make_dataset(train=True, transform=self.eval_transform())
+            train_idx, val_idx = self.split_indices(len(train_aug))
+            self.train_set = Subset(train_aug, train_idx.tolist())
+            self.val_set = Subset(train_eval, val_idx.tolist())
+        if self.test_set is None and stage in (None, "test", "predict"):
+            self.test_set = self.make_dataset(train=False, transform=self.eval_transform())
+
+    def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, True, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, False, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup("test")
+        return self._loader(self.test_set, False, self.eval_batch_size)

@@ -1,0 +1,86 @@
+"""Fashion-MNIST from local IDX files (Debian's dataset-fashion-mnist) or torchvision's download."""
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+from torch.utils.data import Dataset
+from torchvision import datasets, transforms
+
+from scan_lightning.data.base import SplitDataModule
+
+DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+MEAN, STD = (0.2860,), (0.3530,)
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def raw_folder(root: str | Path) -> Path:
+    """Where torchvision's ``FashionMNIST(root)`` reads the uncompressed IDX files."""
+    return Path(root) / "FashionMNIST" / "raw"
+
+
+def install_idx_files(source_dir: str | Path, root: str | Path) -> bool:
+    """Copy the four IDX files (``.gz`` or plain) from ``source_dir`` into torchvision's raw folder.
+
+    Returns False, copying nothing, when ``source_dir`` does not hold all four.
+    """
+    source_dir, raw = Path(source_dir), raw_folder(root)
+    sources = {}
+    for name in IDX_FILES:
+        found = [p for p in (source_dir / name, source_dir / f"{name}.gz") if p.is_file()]
+        if not found:
+            return False
+        sources[name] = found[0]
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, src in sources.items():
+        opener = gzip.open if src.suffix == ".gz" else open
+        with opener(src, "rb") as fin, open(raw / f"{name}.part", "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+        (raw / f"{name}.part").replace(raw / name)
+    return True
+
+
+class FashionMNISTDataModule(SplitDataModule):
+    """Fashion-MNIST, 28x28 grey, 10 classes; no network needed when the Debian package is installed.
+
+    Args:
+        data_dir: torchvision root; the IDX files end up in ``data_dir/FashionMNIST/raw``.
+        source_dir: a folder with the four IDX files (``.gz`` or plain), copied in when missing.
+        download: fall back to torchvision's download when neither has the files.
+        augment: random crop (pad 2) + horizontal flip on the training split.
+    """
+
+    def __init__(self, data_dir: str, source_dir: str = DEBIAN_DIR, download: bool = False,
+                 augment: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.data_dir, self.source_dir, self.download, self.augment = data_dir, source_dir, download, augment
+
+    def prepare_data(self) -> None:
+        if all((raw_folder(self.data_dir) / n).is_file() for n in IDX_FILES):
+            return
+        if install_idx_files(self.source_dir, self.data_dir):
+            return
+        if self.download:
+            datasets.FashionMNIST(self.data_dir, train=True, download=True)
+            datasets.FashionMNIST(self.data_dir, train=False, download=True)
+            return
+        raise FileNotFoundError(
+            f"Fashion-MNIST IDX files are neither in {raw_folder(self.data_dir)} nor in data.source_dir="
+            f"{self.source_dir}. Install them with `apt-get install dataset-fashion-mnist` (or `make data`), "
+            "point data.source_dir at a folder holding them, or set data.download=true."
+        )
+
+    def make_dataset(self, train: bool, transform) -> Dataset:
+        return datasets.FashionMNIST(self.data_dir, train=train, transform=transform)
+
+    def train_transform(self):
+        if not self.augment:
+            return self.eval_transform()
+        return transforms.Compose([
+            transforms.RandomCrop(28, padding=2), transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(), transforms.Normalize(MEAN, STD),
+        ])
+
+    def eval_transform(self):
+        return transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
