@@ -1,0 +1,82 @@
+"""After training: anytime points, budgeted curve and GA thresholds (searched on validation, applied to test)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from scan_lightning.inference.cache import ExitCache, evaluate_thresholds
+from scan_lightning.inference.cost import CostTable
+from scan_lightning.inference.predictor import check_thresholds
+from scan_lightning.inference.search import budget_sweep, genetic_search
+
+
+def exit_macs(costs: CostTable) -> torch.Tensor:
+    """(K + 1,) honest MACs of leaving at each exit; the ensemble fallback ran everything."""
+    cum = costs.cumulative_macs
+    return torch.cat([cum, cum[-1:]])
+
+
+def anytime(cache: ExitCache, costs: CostTable) -> list[dict]:
+    """Each exit's own accuracy against its cumulative MACs (and the ensemble's)."""
+    acc, macs = cache.accuracy().tolist(), exit_macs(costs).tolist()
+    names = [f"exit{i + 1}" for i in range(cache.num_exits)] + ["ensemble"]
+    return [{"exit": n, "macs": m, "accuracy": a} for n, m, a in zip(names, macs, acc)]
+
+
+def budgeted_curve(val: ExitCache, test: ExitCache, costs: CostTable, steps: int = 40) -> list[dict]:
+    """MSDNet budgeted batch classification: thresholds from validation proportions, scored on test."""
+    em = exit_macs(costs)
+    rows = []
+    for p, thresholds in budget_sweep(val, steps=steps):
+        res = evaluate_thresholds(test, thresholds.tolist(), em)
+        rows.append({"p": p, "thresholds": thresholds.tolist(), **res.to_dict()})
+    return rows
+
+
+def search_and_score(val: ExitCache, test: ExitCache, costs: CostTable, search: Mapping[str, Any]) -> dict:
+    """GA thresholds on ``val``; their accuracy, MACs, speed-ups and exit mix on ``val`` and ``test``."""
+    em = exit_macs(costs)
+    ga_cfg = dict(search.get("ga", {}))
+    ga = genetic_search(val, em, reference_macs=costs.plain_macs, **ga_cfg)
+    out: dict[str, Any] = {
+        "num_exits": val.num_exits,
+        "thresholds": ga.thresholds,
+        "temperatures": [1.0] * val.num_exits,
+        "ga": {"fitness": ga.fitness, "best_per_generation": ga.best_per_generation, **ga_cfg},
+        "costs": costs.to_dict(),
+    }
+    for stage, cache in (("val", val), ("test", test)):
+        res = evaluate_thresholds(cache, ga.thresholds, em)
+        out[stage] = {**res.to_dict(), **speedups(res.mean_macs, costs),
+                      "deepest_accuracy": cache.accuracy()[-2].item(),
+                      "ensemble_accuracy": cache.accuracy()[-1].item()}
+    out["anytime"] = anytime(test, costs)
+    out["budgeted"] = budgeted_curve(val, test, costs, steps=int(search.get("budget_steps", 40)))
+    return out
+
+
+def speedups(mean_macs: float, costs: CostTable) -> dict[str, float]:
+    """MAC speed-up vs the plain baseline network and vs the deepest exit of this network."""
+    return {"speedup_plain": costs.plain_macs / mean_macs, "speedup_deepest": costs.ensemble_macs / mean_macs}
+
+
+def save_thresholds(result: Mapping[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+
+
+def load_thresholds(path: str | Path, num_exits: int) -> tuple[list[float], list[float]]:
+    """Thresholds and temperatures from a ``thresholds.json``, checked against the network's exits."""
+    data = json.loads(Path(path).read_text())
+    if data.get("num_exits") != num_exits or len(data.get("thresholds", [])) != num_exits:
+        raise ValueError(f"{path} holds thresholds for {data.get('num_exits')} exits, but this network has "
+                         f"{num_exits}: it belongs to another model")
+    check_thresholds(data["thresholds"], num_exits, data.get("temperatures"))
+    return list(data["thresholds"]), list(data.get("temperatures") or [1.0] * num_exits)
+
+
+def threshold_summary(thresholds: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{t:.4f}" for t in thresholds) + "]"

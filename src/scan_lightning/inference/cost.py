@@ -1,0 +1,108 @@
+"""Per-exit cost of a multi-exit network, measured with ``torch.utils.flop_counter`` on its modules.
+
+Honest accounting: a sample that leaves at exit k paid for sections 1..k and for *every* attention
+module and head 1..k it ran (earlier heads included). The SCAN public code's convention - backbone
+prefix plus only the exit's own head, no attention - is kept alongside, labelled ``own_head``, to compare
+with the paper's figures. MACs = FLOPs / 2 of the counted ops (convolutions and matrix products).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from scan_lightning.models.multi_exit import MultiExitNetwork
+
+
+@dataclass(frozen=True)
+class ExitCost:
+    """Costs for one exit (0-based ``index``); ``cumulative_*`` are what a sample exiting here paid."""
+
+    index: int
+    section_macs: int
+    attention_macs: int
+    head_macs: int
+    cumulative_macs: int
+    own_head_macs: int
+    section_params: int
+    attention_params: int
+    head_params: int
+    cumulative_params: int
+
+
+@dataclass(frozen=True)
+class CostTable:
+    exits: list[ExitCost]
+    input_shape: tuple[int, ...]
+
+    @property
+    def cumulative_macs(self) -> torch.Tensor:
+        """Honest MACs of exiting at each exit, shape (num_exits,)."""
+        return torch.tensor([e.cumulative_macs for e in self.exits], dtype=torch.float64)
+
+    @property
+    def ensemble_macs(self) -> int:
+        """The ensemble fallback ran every section, attention module and head."""
+        return self.exits[-1].cumulative_macs
+
+    @property
+    def backbone_macs(self) -> int:
+        return sum(e.section_macs for e in self.exits)
+
+    @property
+    def plain_macs(self) -> int:
+        """The plain baseline network: all sections plus the deep head, no shallow exits."""
+        return self.backbone_macs + self.exits[-1].head_macs
+
+    @property
+    def own_head_ensemble_macs(self) -> int:
+        """Public-code convention for the ensemble: backbone plus every head, no attention modules."""
+        return self.backbone_macs + sum(e.head_macs for e in self.exits)
+
+    def to_dict(self) -> dict:
+        return {
+            "input_shape": list(self.input_shape),
+            "exits": [asdict(e) for e in self.exits],
+            "backbone_macs": self.backbone_macs,
+            "plain_macs": self.plain_macs,
+            "ensemble_macs": self.ensemble_macs,
+            "own_head_ensemble_macs": self.own_head_ensemble_macs,
+        }
+
+
+def count_macs(module: nn.Module, *inputs: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """MACs of one forward of ``module`` (FLOPs / 2) and its output."""
+    with FlopCounterMode(display=False) as counter:
+        out = module(*inputs)
+    return counter.get_total_flops() // 2, out
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@torch.no_grad()
+def measure_costs(net: MultiExitNetwork, input_shape: tuple[int, int, int]) -> CostTable:
+    """Run one image of ``input_shape`` (C, H, W) through every section, attention module and head."""
+    was_training = net.training
+    net.eval()
+    try:
+        device = next(net.parameters()).device
+        h = torch.zeros(1, *input_shape, device=device)
+        rows, cum_macs, cum_params, prefix_macs = [], 0, 0, 0
+        for i, section in enumerate(net.sections):
+            s_macs, h = count_macs(section, h)
+            attention = net.attentions[i] if i < len(net.attentions) else nn.Identity()
+            a_macs, g = count_macs(attention, h)
+            head_macs, _ = count_macs(net.heads[i], g)
+            prefix_macs += s_macs
+            cum_macs += s_macs + a_macs + head_macs
+            s_p, a_p, h_p = count_params(section), count_params(attention), count_params(net.heads[i])
+            cum_params += s_p + a_p + h_p
+            rows.append(ExitCost(i, s_macs, a_macs, head_macs, cum_macs, prefix_macs + head_macs,
+                                 s_p, a_p, h_p, cum_params))
+        return CostTable(rows, tuple(input_shape))
+    finally:
+        net.train(was_training)

@@ -1,0 +1,100 @@
+"""Real early exit (SCAN Algorithm 1) by batch compaction, and the equivalent rule on cached outputs.
+
+Walk the exits shallow to deep; a sample leaves at the first exit whose max softmax (at that exit's
+temperature) is above the exit's threshold; a sample no exit claims gets the ensemble (mean of all
+exits' logits). After each exit only the undecided samples run the next section.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from scan_lightning.inference.cost import CostTable
+from scan_lightning.models.multi_exit import MultiExitNetwork
+
+
+def check_thresholds(thresholds: Sequence[float], num_exits: int, temperatures: Sequence[float] | None = None) -> None:
+    """One clear error for thresholds outside (0, 1], a wrong count, or temperatures <= 0."""
+    values = [float(t) for t in thresholds]
+    if len(values) != num_exits:
+        raise ValueError(f"got {len(values)} thresholds {values}, but the network has {num_exits} exits: "
+                         f"give one threshold per exit")
+    bad = [t for t in values if not 0.0 < t <= 1.0]
+    if bad:
+        raise ValueError(f"thresholds {bad} are outside (0, 1]; every threshold must satisfy 0 < t <= 1")
+    if temperatures is not None:
+        temps = [float(t) for t in temperatures]
+        if len(temps) != num_exits or any(t <= 0 for t in temps):
+            raise ValueError(f"temperatures {temps} must be {num_exits} values > 0")
+
+
+def exit_confidence(logits: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max softmax probability at ``temperature`` and the predicted class, per sample."""
+    return torch.softmax(logits.float() / temperature, dim=-1).max(dim=-1)
+
+
+def choose_exits(confidence: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """First exit whose confidence beats its threshold; ``K`` (the ensemble) when none does.
+
+    ``confidence``: (K, N). ``thresholds``: (K,) or (P, K) for a population. Returns (N,) or (P, N).
+    """
+    k = confidence.shape[0]
+    fire = confidence.unsqueeze(0) > thresholds.reshape(-1, k, 1)          # (P, K, N)
+    first = fire.to(torch.uint8).argmax(dim=1)                              # first True, 0 if none
+    chosen = torch.where(fire.any(dim=1), first, torch.full_like(first, k))
+    return chosen if thresholds.dim() == 2 else chosen[0]
+
+
+@dataclass
+class EarlyExitResult:
+    prediction: torch.Tensor   # (N,) class per sample
+    exit_index: torch.Tensor   # (N,) 0..K-1, or K for the ensemble fallback
+    macs: torch.Tensor         # (N,) MACs each sample paid (honest cumulative count)
+
+
+class EarlyExitPredictor:
+    """Runs only what each sample needs. ``costs`` gives the MACs a sample paid at its exit."""
+
+    def __init__(self, net: MultiExitNetwork, thresholds: Sequence[float], costs: CostTable,
+                 temperatures: Sequence[float] | None = None) -> None:
+        check_thresholds(thresholds, net.num_exits, temperatures)
+        self.net = net.eval()
+        self.thresholds = [float(t) for t in thresholds]
+        self.temperatures = [float(t) for t in temperatures] if temperatures is not None else [1.0] * net.num_exits
+        cum = costs.cumulative_macs
+        self.exit_macs = torch.cat([cum, cum[-1:]])  # the ensemble fallback ran everything
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> EarlyExitResult:
+        n, k = x.shape[0], self.net.num_exits
+        prediction = torch.empty(n, dtype=torch.long, device=x.device)
+        exit_index = torch.full((n,), k, dtype=torch.long, device=x.device)
+        alive = torch.arange(n, device=x.device)       # original indices of undecided samples
+        logit_sum = None                               # running sum of their logits (for the ensemble)
+        h = x
+        for i, section in enumerate(self.net.sections):
+            h = section(h)
+            logits, _ = self.net.forward_exit(i, h)
+            logit_sum = logits if logit_sum is None else logit_sum + logits
+            conf, pred = exit_confidence(logits, self.temperatures[i])
+            fire = conf > self.thresholds[i]
+            if fire.any():
+                prediction[alive[fire]] = pred[fire]
+                exit_index[alive[fire]] = i
+                keep = ~fire
+                alive, h, logit_sum = alive[keep], h[keep], logit_sum[keep]
+            if alive.numel() == 0:
+                break
+        if alive.numel():
+            prediction[alive] = (logit_sum / k).argmax(dim=-1)
+        return EarlyExitResult(prediction, exit_index, self.exit_macs.to(x.device)[exit_index])
+
+
+@torch.no_grad()
+def full_network(net: MultiExitNetwork, x: torch.Tensor) -> torch.Tensor:
+    """The deepest exit alone: every section plus the deep head, no shallow exits (the plain network)."""
+    for section in net.sections:
+        x = section(x)
+    return net.heads[-1](x)[0]

@@ -1,0 +1,62 @@
+"""Wall-clock time of the real early-exit predictor against the full network, on the same images."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from scan_lightning.inference.cost import CostTable
+from scan_lightning.inference.predictor import EarlyExitPredictor, full_network
+from scan_lightning.models.multi_exit import MultiExitNetwork
+
+
+@dataclass
+class TimingResult:
+    batch_size: int
+    images: int
+    full_ms_per_image: float
+    early_exit_ms_per_image: float
+    wall_speedup: float
+    mac_speedup: float      # plain-network MACs / mean honest MACs of the early-exit run, same images
+
+    @property
+    def efficiency(self) -> float:
+        """wall speed-up / MAC speed-up: how much of the counted saving is real."""
+        return self.wall_speedup / self.mac_speedup
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "efficiency": self.efficiency}
+
+
+def _best_time(fn, batches: list[torch.Tensor], repeats: int) -> float:
+    """Best of ``repeats`` passes over ``batches`` (after one warm-up pass), in seconds."""
+    for x in batches:
+        fn(x)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for x in batches:
+            fn(x)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@torch.no_grad()
+def time_early_exit(net: MultiExitNetwork, predictor: EarlyExitPredictor, costs: CostTable, images: torch.Tensor,
+                    batch_size: int, repeats: int = 3) -> TimingResult:
+    """Time the plain full network and the early-exit predictor over ``images`` in batches of ``batch_size``."""
+    net.eval()
+    batches = list(images.split(batch_size))
+    n = images.shape[0]
+    full = _best_time(lambda x: full_network(net, x), batches, repeats)
+    early = _best_time(predictor, batches, repeats)
+    macs = torch.cat([predictor(x).macs for x in batches]).mean().item()
+    return TimingResult(batch_size, n, 1e3 * full / n, 1e3 * early / n, full / early, costs.plain_macs / macs)
+
+
+def measure_wall_clock(net: MultiExitNetwork, costs: CostTable, thresholds, temperatures, images: torch.Tensor,
+                       batch_sizes=(1, 256), repeats: int = 3) -> list[TimingResult]:
+    """:func:`time_early_exit` at each batch size, for the predictor at ``thresholds``."""
+    predictor = EarlyExitPredictor(net, thresholds, costs, temperatures)
+    return [time_early_exit(net, predictor, costs, images, int(bs), int(repeats)) for bs in batch_sizes]
