@@ -1,0 +1,4 @@
+"""Post-fit callbacks."""
+from scan_lightning.callbacks.threshold_search import ThresholdSearch
+
+__all__ = ["ThresholdSearch"]

@@ -1,0 +1,80 @@
+"""LightningModule glue: build network and loss from plain config, step, log per-exit metrics."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from scan_lightning.config import build
+from scan_lightning.losses import LossComposer
+from scan_lightning.models.multi_exit import ExitOutputs, MultiExitNetwork
+
+STAGES = ("train", "val", "test")
+
+
+class MultiExitModule(pl.LightningModule):
+    """Trains a :class:`MultiExitNetwork` with a :class:`LossComposer`.
+
+    Args are plain dicts (Hydra nodes converted by the caller) so checkpoints hold only plain data:
+        model: config of the network (``_target_`` MultiExitNetwork).
+        loss: config of the composer (``_target_`` LossComposer with named ``terms``).
+        optim: ``optimizer`` and optional ``scheduler`` partial configs.
+        run_config: the whole resolved run config, stored for reproducibility and evaluation.
+    """
+
+    def __init__(self, model: dict, loss: dict, optim: dict, run_config: dict | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net: MultiExitNetwork = build(model, key="model")
+        self.criterion: LossComposer = build(loss, key="loss")
+        n = self.net.num_exits
+        # one accuracy per exit and for the ensemble, per stage (keys avoid nn.Module.train)
+        self.accuracy = nn.ModuleDict({
+            f"{stage}_acc": nn.ModuleList([MulticlassAccuracy(self.net.num_classes, average="micro") for _ in range(n + 1)])
+            for stage in STAGES
+        })
+
+    @property
+    def metric_names(self) -> list[str]:
+        """``exit1..exitK`` then ``ensemble``."""
+        return [f"exit{i + 1}" for i in range(self.net.num_exits)] + ["ensemble"]
+
+    def forward(self, x: torch.Tensor) -> ExitOutputs:
+        return self.net(x)
+
+    def on_fit_start(self) -> None:
+        if self.global_rank == 0:
+            print(f"objective: {self.criterion}")
+
+    def _shared_step(self, batch: Any, stage: str) -> torch.Tensor:
+        x, y = batch
+        outputs = self.net(x)
+        total, terms = self.criterion(outputs, y)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss/total", total, on_step=on_step, on_epoch=True, prog_bar=True)
+        for name, value in terms.items():
+            self.log(f"{stage}/loss/{name}", value, on_step=on_step, on_epoch=True)
+        for metric, logits, name in zip(self.accuracy[f"{stage}_acc"], [*outputs.logits, outputs.ensemble], self.metric_names):
+            metric(logits.detach(), y)
+            self.log(f"{stage}/acc/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "ensemble")
+        return total
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        optim = self.hparams.optim
+        optimizer = build(optim["optimizer"], key="optim.optimizer")(self.parameters())
+        if not optim.get("scheduler"):
+            return optimizer
+        scheduler = build(optim["scheduler"], key="optim.scheduler")(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
