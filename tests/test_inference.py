@@ -206,3 +206,18 @@ def test_budgeted_search_reproduces_the_proportions(p):
 def test_check_thresholds_temperatures():
     with pytest.raises(ValueError, match="temperatures"):
         check_thresholds([0.9] * 4, 4, [1.0, 1.0, 0.0, 1.0])
+
+
+def test_fold_batchnorm_keeps_outputs_and_structure():
+    from scan_lightning.inference.deploy import fold_batchnorm
+
+    net = small_net()
+    folded = fold_batchnorm(net)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        a, b = net(x), folded(x)
+    for la, lb in zip(a.logits, b.logits):
+        torch.testing.assert_close(la, lb, atol=1e-4, rtol=1e-4)
+    bn = lambda m: sum(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())  # noqa: E731
+    assert bn(folded) == 3 < bn(net)  # only the BNs after the attention deconvs remain
+    assert len(folded.sections) == 4 and folded.num_exits == 4

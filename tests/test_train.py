@@ -66,7 +66,7 @@ def test_short_run_leaves_config_checkpoint_and_per_exit_csv(make_cfg, tmp_path)
     assert (out / "checkpoints" / "exit_histogram.png").is_file()
     for name in ("test/dynamic/accuracy", "test/dynamic/speedup_plain", "test/dynamic/exit_frac/exit1"):
         assert name in columns
-    assert metrics["wall/speedup/batch1"] > 0
+    assert metrics["test/wall/speedup_batch1"] > 0
 
     # the evaluate command on that checkpoint: saved thresholds, then given ones
     ev = compose_evaluate(tmp_path, f"ckpt_path={ckpt}", "timing.images=32", "timing.repeats=1")
@@ -118,3 +118,22 @@ def test_cli_bad_input_stops_before_training(tmp_path, override, needle):
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list(tmp_path.glob("logs/**/checkpoints"))
+
+
+@pytest.mark.slow
+def test_wandb_multirun_records_one_offline_run_per_job(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "scan_lightning.train", "-m", "data=synthetic", "logger=wandb",
+         "trainer.fast_dev_run=true", "measure_wall_clock=false", "loss.terms.kd.weight=0.3,0.7"],
+        cwd=tmp_path, env={**os.environ, "SCAN_ROOT": str(tmp_path), "WANDB_SILENT": "true"},
+        capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(tmp_path.glob("logs/train/multiruns/*/*/wandb/offline-run-*"))
+    assert len(runs) == 2 and runs[0].parent.parent != runs[1].parent.parent
+
+
+def test_cli_evaluate_rejects_a_missing_checkpoint(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "scan_lightning.evaluate", f"ckpt_path={tmp_path / 'nope.ckpt'}"],
+                          cwd=tmp_path, env={**os.environ, "SCAN_ROOT": str(tmp_path)}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and "nope.ckpt does not exist" in proc.stderr

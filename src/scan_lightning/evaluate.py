@@ -9,43 +9,22 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from scan_lightning.config import build, config_dir
-from scan_lightning.inference.analysis import (
-    budgeted_curve, anytime, exit_macs, load_thresholds, search_and_score, speedups,
-)
-from scan_lightning.inference.cache import ExitCache, collect_outputs, evaluate_thresholds
-from scan_lightning.inference.cost import CostTable, measure_costs
+from scan_lightning.inference.analysis import load_thresholds, score_thresholds, search_and_score
+from scan_lightning.inference.cache import collect_outputs
+from scan_lightning.inference.cost import measure_costs
 from scan_lightning.inference.predictor import check_thresholds
-from scan_lightning.inference.timing import measure_wall_clock
+from scan_lightning.inference.timing import first_images, measure_wall_clock
+from scan_lightning.module import MultiExitModule
 from scan_lightning.report import exit_rows, print_dynamic_summary, print_exit_table
-
-
-def score_thresholds(val: ExitCache, test: ExitCache, costs: CostTable, thresholds: list[float],
-                     temperatures: list[float]) -> dict:
-    """The same result layout as a search, for thresholds given by the user or a file."""
-    em = exit_macs(costs)
-    out: dict[str, Any] = {"num_exits": test.num_exits, "thresholds": thresholds, "temperatures": temperatures,
-                           "costs": costs.to_dict()}
-    for stage, cache in (("val", val), ("test", test)):
-        res = evaluate_thresholds(cache, thresholds, em, temperatures)
-        out[stage] = {**res.to_dict(), **speedups(res.mean_macs, costs),
-                      "deepest_accuracy": cache.accuracy()[-2].item(),
-                      "ensemble_accuracy": cache.accuracy()[-1].item()}
-    out["anytime"] = anytime(test, costs)
-    out["budgeted"] = budgeted_curve(val, test, costs)
-    return out
 
 
 def evaluate(cfg: DictConfig) -> dict:
     """Load ``cfg.ckpt_path`` (weights_only), rebuild its data from the stored run config, report."""
-    from scan_lightning.module import MultiExitModule
-
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.is_file():
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist")
@@ -56,6 +35,8 @@ def evaluate(cfg: DictConfig) -> dict:
     if given is not None:
         check_thresholds(given, net.num_exits, cfg.get("temperatures"))
     saved = Path(cfg.thresholds_path) if cfg.get("thresholds_path") else ckpt.parent / "thresholds.json"
+    if cfg.get("thresholds_path") and not saved.is_file():
+        raise FileNotFoundError(f"thresholds_path={cfg.thresholds_path} does not exist")
     loaded = load_thresholds(saved, net.num_exits) if given is None and saved.is_file() else None
 
     data_cfg = OmegaConf.merge(run_cfg.data, cfg.get("data") or {})
@@ -75,7 +56,7 @@ def evaluate(cfg: DictConfig) -> dict:
         result = search_and_score(val, test, costs, OmegaConf.to_container(cfg.search, resolve=True))
     acc = dict(zip([f"exit{i + 1}" for i in range(test.num_exits)] + ["ensemble"], test.accuracy().tolist()))
     print_exit_table(exit_rows(costs, acc), f"Per-exit test results ({ckpt.name})", costs.plain_macs)
-    images = torch.cat([x for x, _ in dm.test_dataloader()])[: int(cfg.timing.images)]
+    images = first_images(dm.test_dataloader(), int(cfg.timing.images))
     timings = measure_wall_clock(net, costs, result["thresholds"], result["temperatures"], images,
                                  cfg.timing.batch_sizes, cfg.timing.repeats)
     print_dynamic_summary(result, timings)

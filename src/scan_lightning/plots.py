@@ -21,6 +21,8 @@ def plot_accuracy_vs_macs(result: Mapping[str, Any], path: Path) -> Path:
         ax.annotate(r["exit"], (r["macs"] / 1e6, 100 * r["accuracy"]), fontsize=7, xytext=(3, -8),
                     textcoords="offset points")
     t = result["test"]
+    ax.plot(result["costs"]["plain_macs"] / 1e6, 100 * t["deepest_accuracy"], "^", ms=9, color="black",
+            label="plain network (deepest exit only)")
     ax.plot(t["mean_macs"] / 1e6, 100 * t["accuracy"], "*", ms=14, color="tab:red",
             label=f"GA thresholds ({t['speedup_plain']:.2f}x vs plain)")
     ax.set_xlabel("mean MACs per image (M), honest count")

@@ -18,7 +18,7 @@ from scan_lightning.callbacks import ThresholdSearch
 from scan_lightning.config import build, config_dir, to_plain
 from scan_lightning.inference.analysis import save_thresholds
 from scan_lightning.inference.cost import measure_costs
-from scan_lightning.inference.timing import measure_wall_clock
+from scan_lightning.inference.timing import first_images, measure_wall_clock
 from scan_lightning.module import MultiExitModule
 from scan_lightning.report import exit_rows, print_dynamic_summary, print_exit_table
 
@@ -77,7 +77,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 report_exits(module, cfg, metrics, out_dir)
         search = next((cb for cb in trainer.callbacks if isinstance(cb, ThresholdSearch)), None)
         if trainer.is_global_zero and search is not None and search.result is not None:
-            metrics.update(report_dynamic(search, datamodule, cfg))
+            wall = report_dynamic(search, datamodule, cfg)
+            for logger in trainer.loggers:
+                logger.log_metrics(wall, step=trainer.global_step)
+                logger.save()
+            metrics.update(wall)
         return metrics
     finally:
         if "wandb" in sys.modules:
@@ -98,14 +102,14 @@ def report_dynamic(search: ThresholdSearch, datamodule, cfg: DictConfig) -> dict
     """Print the post-fit search's dynamic-inference summary; time the real predictor if asked."""
     timings = []
     if cfg.get("measure_wall_clock"):
-        images = torch.cat([x for x, _ in datamodule.test_dataloader()])[: int(cfg.timing.images)]
+        images = first_images(datamodule.test_dataloader(), int(cfg.timing.images))
         timings = measure_wall_clock(search.net, search.costs, search.result["thresholds"],
                                      search.result["temperatures"], images, cfg.timing.batch_sizes,
                                      cfg.timing.repeats)
         search.result["wall_clock"] = [t.to_dict() for t in timings]
         save_thresholds(search.result, search.path)
     print_dynamic_summary(search.result, timings)
-    return {f"wall/speedup/batch{t.batch_size}": t.wall_speedup for t in timings}
+    return {f"test/wall/speedup_batch{t.batch_size}": t.wall_speedup for t in timings}
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")

@@ -36,25 +36,30 @@ def budgeted_curve(val: ExitCache, test: ExitCache, costs: CostTable, steps: int
     return rows
 
 
-def search_and_score(val: ExitCache, test: ExitCache, costs: CostTable, search: Mapping[str, Any]) -> dict:
-    """GA thresholds on ``val``; their accuracy, MACs, speed-ups and exit mix on ``val`` and ``test``."""
+def score_thresholds(val: ExitCache, test: ExitCache, costs: CostTable, thresholds: Sequence[float],
+                     temperatures: Sequence[float] | None = None, budget_steps: int = 40) -> dict[str, Any]:
+    """Accuracy, MACs, speed-ups and exit mix of ``thresholds`` on ``val`` and ``test``; anytime and
+    budgeted curves alongside. The layout of ``thresholds.json``."""
     em = exit_macs(costs)
-    ga_cfg = dict(search.get("ga", {}))
-    ga = genetic_search(val, em, reference_macs=costs.plain_macs, **ga_cfg)
-    out: dict[str, Any] = {
-        "num_exits": val.num_exits,
-        "thresholds": ga.thresholds,
-        "temperatures": [1.0] * val.num_exits,
-        "ga": {"fitness": ga.fitness, "best_per_generation": ga.best_per_generation, **ga_cfg},
-        "costs": costs.to_dict(),
-    }
+    temps = list(temperatures) if temperatures is not None else [1.0] * val.num_exits
+    out: dict[str, Any] = {"num_exits": val.num_exits, "thresholds": list(thresholds), "temperatures": temps,
+                           "costs": costs.to_dict()}
     for stage, cache in (("val", val), ("test", test)):
-        res = evaluate_thresholds(cache, ga.thresholds, em)
+        res = evaluate_thresholds(cache, thresholds, em, temps)
+        acc = cache.accuracy()
         out[stage] = {**res.to_dict(), **speedups(res.mean_macs, costs),
-                      "deepest_accuracy": cache.accuracy()[-2].item(),
-                      "ensemble_accuracy": cache.accuracy()[-1].item()}
+                      "deepest_accuracy": acc[-2].item(), "ensemble_accuracy": acc[-1].item()}
     out["anytime"] = anytime(test, costs)
-    out["budgeted"] = budgeted_curve(val, test, costs, steps=int(search.get("budget_steps", 40)))
+    out["budgeted"] = budgeted_curve(val, test, costs, steps=budget_steps)
+    return out
+
+
+def search_and_score(val: ExitCache, test: ExitCache, costs: CostTable, search: Mapping[str, Any]) -> dict:
+    """GA thresholds searched on ``val`` (never on test), then scored by :func:`score_thresholds`."""
+    ga_cfg = dict(search.get("ga", {}))
+    ga = genetic_search(val, exit_macs(costs), reference_macs=costs.plain_macs, **ga_cfg)
+    out = score_thresholds(val, test, costs, ga.thresholds, budget_steps=int(search.get("budget_steps", 40)))
+    out["ga"] = {"fitness": ga.fitness, "best_per_generation": ga.best_per_generation, **ga_cfg}
     return out
 
 
@@ -77,6 +82,3 @@ def load_thresholds(path: str | Path, num_exits: int) -> tuple[list[float], list
     check_thresholds(data["thresholds"], num_exits, data.get("temperatures"))
     return list(data["thresholds"]), list(data.get("temperatures") or [1.0] * num_exits)
 
-
-def threshold_summary(thresholds: Sequence[float]) -> str:
-    return "[" + ", ".join(f"{t:.4f}" for t in thresholds) + "]"

@@ -66,7 +66,7 @@ class EarlyExitPredictor:
         cum = costs.cumulative_macs
         self.exit_macs = torch.cat([cum, cum[-1:]])  # the ensemble fallback ran everything
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> EarlyExitResult:
         n, k = x.shape[0], self.net.num_exits
         prediction = torch.empty(n, dtype=torch.long, device=x.device)
@@ -92,7 +92,7 @@ class EarlyExitPredictor:
         return EarlyExitResult(prediction, exit_index, self.exit_macs.to(x.device)[exit_index])
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def full_network(net: MultiExitNetwork, x: torch.Tensor) -> torch.Tensor:
     """The deepest exit alone: every section plus the deep head, no shallow exits (the plain network)."""
     for section in net.sections:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from scan_lightning.inference.cost import CostTable
+from scan_lightning.inference.deploy import fold_batchnorm
 from scan_lightning.inference.predictor import EarlyExitPredictor, full_network
 from scan_lightning.models.multi_exit import MultiExitNetwork
 
@@ -42,7 +43,7 @@ def _best_time(fn, batches: list[torch.Tensor], repeats: int) -> float:
     return best
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def time_early_exit(net: MultiExitNetwork, predictor: EarlyExitPredictor, costs: CostTable, images: torch.Tensor,
                     batch_size: int, repeats: int = 3) -> TimingResult:
     """Time the plain full network and the early-exit predictor over ``images`` in batches of ``batch_size``."""
@@ -57,6 +58,22 @@ def time_early_exit(net: MultiExitNetwork, predictor: EarlyExitPredictor, costs:
 
 def measure_wall_clock(net: MultiExitNetwork, costs: CostTable, thresholds, temperatures, images: torch.Tensor,
                        batch_sizes=(1, 256), repeats: int = 3) -> list[TimingResult]:
-    """:func:`time_early_exit` at each batch size, for the predictor at ``thresholds``."""
+    """:func:`time_early_exit` at each batch size, for the predictor at ``thresholds``.
+
+    Both the full network and the predictor run the deployment form of ``net``: BatchNorm folded
+    into the convolutions (:func:`fold_batchnorm`).
+    """
+    net = fold_batchnorm(net)
     predictor = EarlyExitPredictor(net, thresholds, costs, temperatures)
     return [time_early_exit(net, predictor, costs, images, int(bs), int(repeats)) for bs in batch_sizes]
+
+
+def first_images(batches, n: int) -> torch.Tensor:
+    """The first ``n`` images of an iterable of ``(x, y)`` batches."""
+    taken, count = [], 0
+    for x, _ in batches:
+        taken.append(x)
+        count += x.shape[0]
+        if count >= n:
+            break
+    return torch.cat(taken)[:n]
