@@ -25,15 +25,6 @@ def test_data_configs_instantiate(make_cfg, name):
     assert dm.num_classes >= 2 and dm.val_size >= 1
 
 
-@pytest.mark.parametrize("name", options("model"))
-def test_model_configs_instantiate(make_cfg, name):
-    cfg = make_cfg(f"model={name}", "data=synthetic")
-    net = build(cfg.model)
-    out = net(torch.randn(2, cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size))
-    assert len(out.logits) == net.num_exits == 4
-    assert all(o.shape == (2, cfg.data.num_classes) for o in out.logits)
-
-
 @pytest.mark.parametrize("loss", options("loss"))
 @pytest.mark.parametrize("optim", options("optim"))
 def test_module_instantiates_with_every_loss_and_optim(make_cfg, loss, optim):

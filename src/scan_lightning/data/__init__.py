@@ -2,6 +2,7 @@
 from scan_lightning.data.base import SplitDataModule
 from scan_lightning.data.cifar import CIFARDataModule
 from scan_lightning.data.fashion_mnist import FashionMNISTDataModule
+from scan_lightning.data.imagenet import ImageNetDataModule
 from scan_lightning.data.synthetic import SyntheticDataModule
 
-__all__ = ["CIFARDataModule", "FashionMNISTDataModule", "SplitDataModule", "SyntheticDataModule"]
+__all__ = ["CIFARDataModule", "FashionMNISTDataModule", "ImageNetDataModule", "SplitDataModule", "SyntheticDataModule"]

@@ -29,7 +29,9 @@ class SplitDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         seed: int = 0,
         max_train_samples: int | None = None,
+        stem: str = "cifar",
     ) -> None:
+        """``stem`` is metadata for the model configs (``${data.stem}``): the stem suited to the image size."""
         super().__init__()
         for name, value in (("batch_size", batch_size), ("val_size", val_size), ("num_classes", num_classes)):
             if value < 1:

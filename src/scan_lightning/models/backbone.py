@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -32,6 +33,21 @@ class SectionedBackbone(nn.Module):
     @property
     def num_sections(self) -> int:
         return len(self.sections)
+
+    def regroup(self, exit_after: Sequence[int]) -> "SectionedBackbone":
+        """Merge sections so exits sit only after the given 1-based sections (the last one always has one)."""
+        n = self.num_sections
+        ends = sorted({int(e) for e in exit_after} | {n})
+        bad = [e for e in ends if not 1 <= e <= n]
+        if bad:
+            raise ValueError(f"model.exit_after={list(exit_after)}: sections {bad} do not exist; this backbone has "
+                             f"sections 1..{n} ({', '.join(s.name for s in self.feature_info)})")
+        sections, start = [], 0
+        for end in ends:
+            group = list(self.sections[start:end])
+            sections.append(group[0] if len(group) == 1 else nn.Sequential(*group))
+            start = end
+        return SectionedBackbone(nn.ModuleList(sections), [self.feature_info[e - 1] for e in ends])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Return the output of every section."""

@@ -49,6 +49,7 @@ class MultiExitNetwork(nn.Module):
         head: ``"bottleneck"`` (SCAN) or ``"linear"`` for shallow exits; one value or one per shallow exit.
         attention: SCAN attention module before each shallow head; one bool or one per shallow exit.
         bottleneck_width: channels inside the SCAN bottleneck (128 in the paper).
+        exit_after: 1-based sections followed by an exit (the last always is); ``None`` = every section.
     """
 
     def __init__(
@@ -58,10 +59,13 @@ class MultiExitNetwork(nn.Module):
         head: str | Sequence[str] = "bottleneck",
         attention: bool | Sequence[bool] = True,
         bottleneck_width: int = 128,
+        exit_after: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes={num_classes} must be >= 2")
+        if exit_after is not None:
+            backbone = backbone.regroup(exit_after)
         self.backbone = backbone
         self.num_classes = num_classes
         info = backbone.feature_info

@@ -79,8 +79,18 @@ def build_resnet(
     return backbone
 
 
-@register_backbone
-def resnet18(*, stem: Stem = "cifar", in_channels: int = 3, width: float = 1.0,
-             layers: Sequence[int] = (2, 2, 2, 2)) -> SectionedBackbone:
-    """ResNet18 (BasicBlock); ``layers`` may be shrunk for CPU-sized runs."""
-    return build_resnet(BasicBlock, layers, stem=stem, in_channels=in_channels, width=width)
+def _resnet(name: str, block: type[BasicBlock | Bottleneck], default_layers: tuple[int, ...]):
+    def builder(*, stem: Stem = "cifar", in_channels: int = 3, width: float = 1.0,
+                layers: Sequence[int] | None = None) -> SectionedBackbone:
+        return build_resnet(block, layers or default_layers, stem=stem, in_channels=in_channels, width=width)
+
+    builder.__name__ = name
+    builder.__doc__ = f"{name} ({block.__name__}, blocks {list(default_layers)}); ``layers`` may be shrunk for CPU runs."
+    return register_backbone(builder)
+
+
+resnet18 = _resnet("resnet18", BasicBlock, (2, 2, 2, 2))
+resnet34 = _resnet("resnet34", BasicBlock, (3, 4, 6, 3))
+resnet50 = _resnet("resnet50", Bottleneck, (3, 4, 6, 3))
+resnet101 = _resnet("resnet101", Bottleneck, (3, 4, 23, 3))
+resnet152 = _resnet("resnet152", Bottleneck, (3, 8, 36, 3))

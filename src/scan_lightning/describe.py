@@ -1,0 +1,31 @@
+"""Print a model's per-exit cost table without training: ``python -m scan_lightning.describe model=... data=...``."""
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from scan_lightning.config import build, config_dir
+from scan_lightning.inference.cost import CostTable, count_params, measure_costs
+from scan_lightning.report import exit_rows, print_exit_table
+
+
+def describe(cfg: DictConfig) -> CostTable:
+    """Build ``cfg.model`` for ``cfg.data``'s input shape; print cumulative MACs and params per exit."""
+    net = build(cfg.model)
+    costs = measure_costs(net, (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size))
+    name = cfg.model.backbone.get("model") or cfg.model.backbone.name
+    print_exit_table(exit_rows(costs, {}), f"{name} at {cfg.data.image_size}px, {cfg.data.num_classes} classes",
+                     costs.plain_macs)
+    plain_params = count_params(net.backbone) + count_params(net.heads[-1])
+    print(f"plain network (backbone + final classifier): {plain_params / 1e6:.2f} M params, "
+          f"{costs.plain_macs / 1e9:.3f} G MACs; backbone alone {costs.backbone_macs / 1e9:.3f} G MACs")
+    return costs
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def main(cfg: DictConfig) -> None:
+    describe(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Exits on a user's backbone: any torchvision (or timm) classification model cut at named modules.
+
+The model's modules are flattened into their forward order (children, with ``nn.Sequential``
+containers opened up); ``cut_points`` name modules in that order, and section i runs everything after
+cut i-1 up to and including cut i. What follows the last cut (pooling, classifier) is replaced by the
+deep exit. Channel counts and reductions are inferred by a dry forward at ``image_size``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from scan_lightning.models.backbone import SectionedBackbone, SectionInfo
+from scan_lightning.models.registry import register_backbone
+
+
+def sequential_modules(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
+    """The model's children in order, opening ``nn.Sequential`` containers one level at a time."""
+    out = []
+    for name, child in model.named_children():
+        full = f"{prefix}{name}"
+        out.append((full, child))
+        if isinstance(child, nn.Sequential):
+            out.extend(sequential_modules(child, f"{full}."))
+    return out
+
+
+def _load(name: str, source: str) -> nn.Module:
+    if source == "torchvision":
+        import torchvision
+
+        available = torchvision.models.list_models(module=torchvision.models)
+        if name not in available:
+            raise ValueError(f"torchvision has no classification model {name!r}; available: {', '.join(available)}")
+        return torchvision.models.get_model(name, weights=None)
+    if source == "timm":
+        try:
+            import timm
+        except ImportError as err:
+            raise ValueError("source='timm' needs the timm package (pip install timm)") from err
+        return timm.create_model(name, pretrained=False)
+    raise ValueError(f"source={source!r} is not allowed; choose 'torchvision' or 'timm'")
+
+
+def cut_model(model: nn.Module, cut_points: Sequence[str], image_size: int = 224,
+              in_channels: int = 3) -> SectionedBackbone:
+    """Sections between consecutive ``cut_points`` (module names in forward order)."""
+    flat = sequential_modules(model)
+    # only modules whose parent is a container we opened can be cut at: a top-level child or a
+    # member of an opened Sequential; the path from the root is a chain of such modules
+    names = [n for n, _ in flat]
+    index = {n: i for i, n in enumerate(names)}
+    cuts = list(cut_points)
+    missing = [c for c in cuts if c not in index]
+    if not cuts or missing:
+        raise ValueError(f"cut points {missing or cuts} are not modules of the model; valid names in forward "
+                         f"order: {', '.join(names)}")
+    positions = [index[c] for c in cuts]
+    if positions != sorted(positions) or len(set(positions)) != len(positions):
+        raise ValueError(f"cut points {cuts} are out of forward order; valid names in order: {', '.join(names)}")
+    # a leaf sequence: the opened containers are replaced by their members
+    leaves = [(n, m) for n, m in flat if not isinstance(m, nn.Sequential)]
+    leaf_names = [n for n, _ in leaves]
+
+    def last_leaf(cut: str) -> int:
+        inside = [i for i, n in enumerate(leaf_names) if n == cut or n.startswith(cut + ".")]
+        return inside[-1]
+
+    ends = [last_leaf(c) for c in cuts]
+    sections, start = [], 0
+    for end in ends:
+        sections.append(nn.Sequential(*[m for _, m in leaves[start:end + 1]]))
+        start = end + 1
+    _check_sequential(model, sections, cuts[-1], image_size)
+    _first_conv_in_channels(sections[0], in_channels)
+    info = []
+    with torch.no_grad():
+        x = torch.zeros(1, in_channels, image_size, image_size)
+        was = [s.training for s in sections]
+        for i, s in enumerate(sections):
+            s.eval()
+            x = s(x)
+            if x.dim() != 4:
+                raise ValueError(f"section ending at {cuts[i]!r} gives a {x.dim()}-d output; cut at modules that "
+                                 "output (N, C, H, W) feature maps")
+            info.append(SectionInfo(cuts[i], x.shape[1], max(1, round(image_size / x.shape[-1]))))
+        for s, w in zip(sections, was):
+            s.train(w)
+    return SectionedBackbone(nn.ModuleList(sections), info)
+
+
+def _check_sequential(model: nn.Module, sections: list[nn.Module], last_cut: str, image_size: int) -> None:
+    """The chained sections must reproduce the model's own feature at the last cut (torch.fx extractor)."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    was = model.training
+    model.eval()
+    try:
+        x = torch.randn(1, _in_channels(model), image_size, image_size, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            ref = create_feature_extractor(model, {last_cut: "out"})(x)["out"]
+            out = x
+            for s in sections:
+                out = s(out)
+    finally:
+        model.train(was)
+    if out.shape != ref.shape or not torch.allclose(out, ref, atol=1e-4, rtol=1e-3):
+        raise ValueError(f"the model's forward is not a plain sequence of its modules up to {last_cut!r}; "
+                         "cut it where it is (e.g. at its stages), or register a builder for it")
+
+
+def _in_channels(model: nn.Module) -> int:
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return first.in_channels if first is not None else 3
+
+
+def _first_conv_in_channels(section: nn.Module, in_channels: int) -> None:
+    """Replace the first convolution when the data has another channel count (e.g. 1 for grey images)."""
+    for parent in section.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                if child.in_channels != in_channels:
+                    setattr(parent, name, nn.Conv2d(in_channels, child.out_channels, child.kernel_size, child.stride,
+                                                    child.padding, child.dilation, child.groups,
+                                                    child.bias is not None))
+                return
+
+
+@register_backbone
+def torchvision_cut(*, model: str, cut_points: Sequence[str], source: str = "torchvision", image_size: int = 224,
+                    in_channels: int = 3) -> SectionedBackbone:
+    """A torchvision (or timm) model by name, cut after each of ``cut_points``."""
+    return cut_model(_load(model, source), cut_points, image_size=image_size, in_channels=in_channels)
