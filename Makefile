@@ -30,10 +30,7 @@ $(FMNIST_RAW)/t10k-labels-idx1-ubyte: | $(VENV)/.installed
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q dataset-fashion-mnist; \
 	fi
-	$(PY) -c "from scan_lightning.data.fashion_mnist import install_idx_files as i; import sys; \
-		ok = i('$(DEBIAN_FMNIST)', '$(DATA_DIR)'); \
-		ok or __import__('torchvision').datasets.FashionMNIST('$(DATA_DIR)', download=True); \
-		ok or __import__('torchvision').datasets.FashionMNIST('$(DATA_DIR)', train=False, download=True)"
+	$(PY) -c "from scan_lightning.data.fashion_mnist import ensure_files; print(ensure_files('$(DATA_DIR)'))"
 
 data: $(FMNIST_RAW)/t10k-labels-idx1-ubyte
 

@@ -61,7 +61,7 @@ def test_scan_resnet18_cifar100_reference_macs():
 
 
 # --- real early exit --------------------------------------------------------------------------------
-def compute_all_then_choose(net, x, thresholds):
+def compute_all_then_choose(net, x, thresholds, fallback="ensemble"):
     """Reference: full forward, then Algorithm 1 sample by sample in plain Python."""
     with torch.no_grad():
         out = net(x)
@@ -73,13 +73,14 @@ def compute_all_then_choose(net, x, thresholds):
                 preds.append(cls.item()), exits.append(i)
                 break
         else:
-            preds.append(out.ensemble[n].argmax().item()), exits.append(len(out.logits))
+            last = out.ensemble if fallback == "ensemble" else out.logits[-1]
+            preds.append(last[n].argmax().item()), exits.append(len(out.logits))
     return torch.tensor(preds), torch.tensor(exits)
 
 
 @pytest.mark.parametrize("batch", [1, 64])
-@pytest.mark.parametrize("seed", range(4))
-def test_predictor_equals_compute_all_then_choose(batch, seed):
+@pytest.mark.parametrize("seed,fallback", [(0, "ensemble"), (1, "ensemble"), (2, "deepest"), (3, "deepest")])
+def test_predictor_equals_compute_all_then_choose(batch, seed, fallback):
     g = torch.Generator().manual_seed(seed)
     net = small_net()
     costs = measure_costs(net, (3, 32, 32))
@@ -89,10 +90,10 @@ def test_predictor_equals_compute_all_then_choose(batch, seed):
     # random thresholds inside each exit's confidence range, so every path (and the fallback) is taken
     lo, hi = conf.min(1).values, conf.max(1).values
     thresholds = (lo + (hi - lo) * torch.rand(4, generator=g)).tolist()
-    predictor = EarlyExitPredictor(net, thresholds, costs)
+    predictor = EarlyExitPredictor(net, thresholds, costs, fallback=fallback)
     got = [predictor(xb) for xb in x.split(batch)]
     pred, exits = torch.cat([r.prediction for r in got]), torch.cat([r.exit_index for r in got])
-    ref_pred, ref_exits = compute_all_then_choose(net, x, thresholds)
+    ref_pred, ref_exits = compute_all_then_choose(net, x, thresholds, fallback)
     assert torch.equal(exits, ref_exits) and torch.equal(pred, ref_pred)
     macs = torch.cat([r.macs for r in got])
     torch.testing.assert_close(macs, exit_macs(costs)[ref_exits])
@@ -107,10 +108,11 @@ def test_predictor_agrees_with_cached_evaluation():
     with torch.no_grad():
         cache = ExitCache(torch.stack(net(x).logits), y)
     thresholds = [0.5, 0.45, 0.6, 0.5]
-    res = EarlyExitPredictor(net, thresholds, costs)(x)
-    sim = evaluate_thresholds(cache, thresholds, exit_macs(costs))
-    assert sim.accuracy == pytest.approx((res.prediction == y).float().mean().item())
-    assert sim.mean_macs == pytest.approx(res.macs.double().mean().item())
+    for fallback in ("ensemble", "deepest"):
+        res = EarlyExitPredictor(net, thresholds, costs, fallback=fallback)(x)
+        sim = evaluate_thresholds(cache, thresholds, exit_macs(costs), fallback=fallback)
+        assert sim.accuracy == pytest.approx((res.prediction == y).float().mean().item())
+        assert sim.mean_macs == pytest.approx(res.macs.double().mean().item())
 
 
 @pytest.mark.parametrize("thresholds,needle", [
@@ -131,7 +133,10 @@ def test_thresholds_file_from_another_model(tmp_path):
     with pytest.raises(ValueError, match="thresholds for 3 exits, but this network has 4"):
         load_thresholds(path, 4)
     path.write_text(json.dumps({"num_exits": 4, "thresholds": [0.9, 0.9, 0.9, 0.9], "temperatures": [1] * 4}))
-    assert load_thresholds(path, 4) == ([0.9] * 4, [1] * 4)
+    assert load_thresholds(path, 4) == ([0.9] * 4, [1] * 4, "ensemble")
+    path.write_text(json.dumps({"num_exits": 4, "thresholds": [0.9] * 4, "fallback": "median"}))
+    with pytest.raises(ValueError, match="fallback='median'"):
+        load_thresholds(path, 4)
 
 
 # --- threshold searches -----------------------------------------------------------------------------
@@ -221,3 +226,17 @@ def test_fold_batchnorm_keeps_outputs_and_structure():
     bn = lambda m: sum(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())  # noqa: E731
     assert bn(folded) == 3 < bn(net)  # only the BNs after the attention deconvs remain
     assert len(folded.sections) == 4 and folded.num_exits == 4
+
+
+def test_auto_fallback_follows_the_validation_split():
+    from scan_lightning.inference.analysis import resolve_fallback
+
+    y = torch.zeros(4, dtype=torch.long)
+    good, bad = torch.tensor([[5.0, 0.0]] * 4), torch.tensor([[0.0, 9.0]] * 4)
+    deep_better = ExitCache(torch.stack([bad, good]), y)        # ensemble = mean -> class 1: wrong
+    assert resolve_fallback(deep_better, "auto") == "deepest"
+    ensemble_ok = ExitCache(torch.stack([good, good]), y)
+    assert resolve_fallback(ensemble_ok, "auto") == "ensemble"
+    assert resolve_fallback(deep_better, "ensemble") == "ensemble"
+    with pytest.raises(ValueError, match="fallback='best'"):
+        resolve_fallback(deep_better, "best")

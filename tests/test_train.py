@@ -60,6 +60,7 @@ def test_short_run_leaves_config_checkpoint_and_per_exit_csv(make_cfg, tmp_path)
     # post-fit threshold search: thresholds.json next to the best checkpoint, plots, logged metrics
     result = json.loads((out / "checkpoints" / "thresholds.json").read_text())
     assert result["num_exits"] == 4 and all(0.7 <= t <= 1 for t in result["thresholds"])
+    assert result["fallback"] in ("ensemble", "deepest")
     assert {"val", "test", "budgeted", "anytime", "costs", "wall_clock"} <= set(result)
     assert len(result["budgeted"]) == 40 and sum(result["test"]["exit_fractions"]) == pytest.approx(1.0)
     assert (out / "checkpoints" / "accuracy_vs_macs.png").stat().st_size > 1000
@@ -137,3 +138,9 @@ def test_cli_evaluate_rejects_a_missing_checkpoint(tmp_path):
                           cwd=tmp_path, env={**os.environ, "SCAN_ROOT": str(tmp_path)}, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 2 and "nope.ckpt does not exist" in proc.stderr
+
+
+def test_cli_missing_dataset_is_one_clear_error(tmp_path):
+    proc = run_cli("data.source_dir=" + str(tmp_path / "no_debian_files"), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "apt-get install dataset-fashion-mnist" in proc.stderr and "Traceback" not in proc.stderr

@@ -17,7 +17,7 @@ from scan_lightning.config import build, config_dir
 from scan_lightning.inference.analysis import load_thresholds, score_thresholds, search_and_score
 from scan_lightning.inference.cache import collect_outputs
 from scan_lightning.inference.cost import measure_costs
-from scan_lightning.inference.predictor import check_thresholds
+from scan_lightning.inference.predictor import check_fallback, check_thresholds
 from scan_lightning.inference.timing import first_images, measure_wall_clock
 from scan_lightning.module import MultiExitModule
 from scan_lightning.report import exit_rows, print_dynamic_summary, print_exit_table
@@ -32,12 +32,15 @@ def evaluate(cfg: DictConfig) -> dict:
     net = module.net.eval()
     run_cfg = OmegaConf.create(module.hparams.run_config)
     given = cfg.get("thresholds")
+    fresh = given == "search"
+    given = None if fresh else given
     if given is not None:
         check_thresholds(given, net.num_exits, cfg.get("temperatures"))
+        check_fallback(cfg.get("fallback") or "ensemble")
     saved = Path(cfg.thresholds_path) if cfg.get("thresholds_path") else ckpt.parent / "thresholds.json"
     if cfg.get("thresholds_path") and not saved.is_file():
         raise FileNotFoundError(f"thresholds_path={cfg.thresholds_path} does not exist")
-    loaded = load_thresholds(saved, net.num_exits) if given is None and saved.is_file() else None
+    loaded = load_thresholds(saved, net.num_exits) if given is None and not fresh and saved.is_file() else None
 
     data_cfg = OmegaConf.merge(run_cfg.data, cfg.get("data") or {})
     dm = build(data_cfg)
@@ -49,7 +52,8 @@ def evaluate(cfg: DictConfig) -> dict:
     costs = measure_costs(net, shape)
     if given is not None:
         result = score_thresholds(val, test, costs, [float(t) for t in given],
-                                  [float(t) for t in (cfg.get("temperatures") or [1.0] * net.num_exits)])
+                                  [float(t) for t in (cfg.get("temperatures") or [1.0] * net.num_exits)],
+                                  cfg.get("fallback") or "ensemble")
     elif loaded is not None:
         result = score_thresholds(val, test, costs, *loaded)
     else:
@@ -58,7 +62,7 @@ def evaluate(cfg: DictConfig) -> dict:
     print_exit_table(exit_rows(costs, acc), f"Per-exit test results ({ckpt.name})", costs.plain_macs)
     images = first_images(dm.test_dataloader(), int(cfg.timing.images))
     timings = measure_wall_clock(net, costs, result["thresholds"], result["temperatures"], images,
-                                 cfg.timing.batch_sizes, cfg.timing.repeats)
+                                 cfg.timing.batch_sizes, cfg.timing.repeats, result["fallback"])
     print_dynamic_summary(result, timings)
     result["wall_clock"] = [t.to_dict() for t in timings]
     if cfg.get("output"):

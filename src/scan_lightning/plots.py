@@ -38,7 +38,7 @@ def plot_accuracy_vs_macs(result: Mapping[str, Any], path: Path) -> Path:
 def plot_exit_histogram(result: Mapping[str, Any], path: Path) -> Path:
     """Fraction of test samples leaving at each exit under the GA thresholds."""
     fractions = result["test"]["exit_fractions"]
-    names = [f"exit{i + 1}" for i in range(len(fractions) - 1)] + ["ensemble"]
+    names = [f"exit{i + 1}" for i in range(len(fractions) - 1)] + [f"fallback\n({result['fallback']})"]
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.bar(names, [100 * f for f in fractions], color="tab:green")
     ax.set_ylabel("test samples (%)")

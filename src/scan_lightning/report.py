@@ -39,7 +39,8 @@ def print_dynamic_summary(result: dict, timings: list, console: Console | None =
     console = console or Console(width=120)
     t = result["test"]
     fractions = ", ".join(f"{n} {100 * f:.1f}%" for n, f in zip(
-        [f"exit{i + 1}" for i in range(result["num_exits"])] + ["ensemble"], t["exit_fractions"]))
+        [f"exit{i + 1}" for i in range(result["num_exits"])] + [f"fallback ({result['fallback']})"],
+        t["exit_fractions"]))
     console.print(
         f"[bold]Dynamic inference[/bold] (thresholds {[round(x, 4) for x in result['thresholds']]}, searched on "
         f"the validation split): test top-1 {100 * t['accuracy']:.2f}% (deepest exit "

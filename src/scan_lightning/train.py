@@ -60,7 +60,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if not loggers:  # Lightning refuses an LR monitor without a logger
                 callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
             trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-        except (InstantiationException, OmegaConfBaseException, ValueError, TypeError) as err:
+            datamodule.prepare_data()  # missing data is reported here, before the run starts
+        except (InstantiationException, OmegaConfBaseException, ValueError, TypeError, FileNotFoundError) as err:
             raise ConfigError(_describe(err)) from err
 
         out_dir = Path(cfg.paths.output_dir)
@@ -105,7 +106,7 @@ def report_dynamic(search: ThresholdSearch, datamodule, cfg: DictConfig) -> dict
         images = first_images(datamodule.test_dataloader(), int(cfg.timing.images))
         timings = measure_wall_clock(search.net, search.costs, search.result["thresholds"],
                                      search.result["temperatures"], images, cfg.timing.batch_sizes,
-                                     cfg.timing.repeats)
+                                     cfg.timing.repeats, search.result["fallback"])
         search.result["wall_clock"] = [t.to_dict() for t in timings]
         save_thresholds(search.result, search.path)
     print_dynamic_summary(search.result, timings)

@@ -64,7 +64,7 @@ class ThresholdSearch(pl.Callback):
     def _log(self, trainer: pl.Trainer, result: dict[str, Any], out_dir: Path) -> None:
         t = result["test"]
         metrics = {f"test/dynamic/{k}": t[k] for k in ("accuracy", "mean_macs", "speedup_plain", "speedup_deepest")}
-        names = [f"exit{i + 1}" for i in range(result["num_exits"])] + ["ensemble"]
+        names = [f"exit{i + 1}" for i in range(result["num_exits"])] + ["fallback"]
         metrics.update({f"test/dynamic/exit_frac/{n}": f for n, f in zip(names, t["exit_fractions"])})
         metrics.update({f"val/dynamic/{k}": result["val"][k] for k in ("accuracy", "mean_macs", "speedup_plain")})
         plots = [plot_accuracy_vs_macs(result, out_dir / "accuracy_vs_macs.png"),

@@ -84,3 +84,12 @@ class FashionMNISTDataModule(SplitDataModule):
 
     def eval_transform(self):
         return transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+
+
+def ensure_files(data_dir: str, source_dir: str = DEBIAN_DIR) -> Path:
+    """Put the IDX files under ``data_dir``: from ``source_dir`` if it has them, else torchvision's download."""
+    if not all((raw_folder(data_dir) / n).is_file() for n in IDX_FILES) and not install_idx_files(source_dir, data_dir):
+        for train in (True, False):
+            datasets.FashionMNIST(data_dir, train=train, download=True)
+    return raw_folder(data_dir)
+

@@ -9,7 +9,7 @@ import torch
 
 from scan_lightning.inference.cache import ExitCache, evaluate_thresholds
 from scan_lightning.inference.cost import CostTable
-from scan_lightning.inference.predictor import check_thresholds
+from scan_lightning.inference.predictor import check_fallback, check_thresholds
 from scan_lightning.inference.search import budget_sweep, genetic_search
 
 
@@ -36,16 +36,25 @@ def budgeted_curve(val: ExitCache, test: ExitCache, costs: CostTable, steps: int
     return rows
 
 
+def resolve_fallback(val: ExitCache, fallback: str) -> str:
+    """``"auto"``: the ensemble (the paper) unless the deepest exit is more accurate on ``val``."""
+    if fallback != "auto":
+        return check_fallback(fallback)
+    acc = val.accuracy()
+    return "deepest" if acc[-2] > acc[-1] else "ensemble"
+
+
 def score_thresholds(val: ExitCache, test: ExitCache, costs: CostTable, thresholds: Sequence[float],
-                     temperatures: Sequence[float] | None = None, budget_steps: int = 40) -> dict[str, Any]:
+                     temperatures: Sequence[float] | None = None, fallback: str = "ensemble",
+                     budget_steps: int = 40) -> dict[str, Any]:
     """Accuracy, MACs, speed-ups and exit mix of ``thresholds`` on ``val`` and ``test``; anytime and
     budgeted curves alongside. The layout of ``thresholds.json``."""
     em = exit_macs(costs)
     temps = list(temperatures) if temperatures is not None else [1.0] * val.num_exits
     out: dict[str, Any] = {"num_exits": val.num_exits, "thresholds": list(thresholds), "temperatures": temps,
-                           "costs": costs.to_dict()}
+                           "fallback": fallback, "costs": costs.to_dict()}
     for stage, cache in (("val", val), ("test", test)):
-        res = evaluate_thresholds(cache, thresholds, em, temps)
+        res = evaluate_thresholds(cache, thresholds, em, temps, fallback)
         acc = cache.accuracy()
         out[stage] = {**res.to_dict(), **speedups(res.mean_macs, costs),
                       "deepest_accuracy": acc[-2].item(), "ensemble_accuracy": acc[-1].item()}
@@ -57,8 +66,10 @@ def score_thresholds(val: ExitCache, test: ExitCache, costs: CostTable, threshol
 def search_and_score(val: ExitCache, test: ExitCache, costs: CostTable, search: Mapping[str, Any]) -> dict:
     """GA thresholds searched on ``val`` (never on test), then scored by :func:`score_thresholds`."""
     ga_cfg = dict(search.get("ga", {}))
-    ga = genetic_search(val, exit_macs(costs), reference_macs=costs.plain_macs, **ga_cfg)
-    out = score_thresholds(val, test, costs, ga.thresholds, budget_steps=int(search.get("budget_steps", 40)))
+    fallback = resolve_fallback(val, search.get("fallback", "ensemble"))
+    ga = genetic_search(val, exit_macs(costs), reference_macs=costs.plain_macs, fallback=fallback, **ga_cfg)
+    out = score_thresholds(val, test, costs, ga.thresholds, fallback=fallback,
+                           budget_steps=int(search.get("budget_steps", 40)))
     out["ga"] = {"fitness": ga.fitness, "best_per_generation": ga.best_per_generation, **ga_cfg}
     return out
 
@@ -73,12 +84,13 @@ def save_thresholds(result: Mapping[str, Any], path: Path) -> None:
     path.write_text(json.dumps(result, indent=2))
 
 
-def load_thresholds(path: str | Path, num_exits: int) -> tuple[list[float], list[float]]:
-    """Thresholds and temperatures from a ``thresholds.json``, checked against the network's exits."""
+def load_thresholds(path: str | Path, num_exits: int) -> tuple[list[float], list[float], str]:
+    """Thresholds, temperatures and fallback from a ``thresholds.json``, checked against the network."""
     data = json.loads(Path(path).read_text())
     if data.get("num_exits") != num_exits or len(data.get("thresholds", [])) != num_exits:
         raise ValueError(f"{path} holds thresholds for {data.get('num_exits')} exits, but this network has "
                          f"{num_exits}: it belongs to another model")
     check_thresholds(data["thresholds"], num_exits, data.get("temperatures"))
-    return list(data["thresholds"]), list(data.get("temperatures") or [1.0] * num_exits)
+    return (list(data["thresholds"]), list(data.get("temperatures") or [1.0] * num_exits),
+            check_fallback(data.get("fallback", "ensemble")))
 

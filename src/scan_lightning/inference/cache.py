@@ -6,7 +6,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from scan_lightning.inference.predictor import choose_exits, exit_confidence
+from scan_lightning.inference.predictor import check_fallback, choose_exits, exit_confidence
 from scan_lightning.models.multi_exit import MultiExitNetwork
 
 
@@ -28,6 +28,12 @@ class ExitCache:
         """(K + 1, N) booleans: is each exit, then the ensemble, right on each sample."""
         preds = torch.cat([self.logits.argmax(-1), self.logits.mean(0).argmax(-1)[None]])
         return preds == self.labels[None]
+
+    def outcome(self, fallback: str = "ensemble") -> torch.Tensor:
+        """(K + 1, N): is each exit right, then the prediction for samples no exit claims (``fallback``)."""
+        check_fallback(fallback)
+        correct = self.correct()
+        return correct if fallback == "ensemble" else torch.cat([correct[:-1], correct[-2:-1]])
 
     def accuracy(self) -> torch.Tensor:
         """(K + 1,) accuracy of each exit and of the ensemble."""
@@ -55,16 +61,16 @@ class DynamicResult:
 
     accuracy: float
     mean_macs: float
-    exit_fractions: list[float]   # K exits, then the ensemble fallback
+    exit_fractions: list[float]   # K exits, then the fallback (no exit claimed the sample)
 
     def to_dict(self) -> dict:
         return {"accuracy": self.accuracy, "mean_macs": self.mean_macs, "exit_fractions": self.exit_fractions}
 
 
 def evaluate_thresholds(cache: ExitCache, thresholds: Sequence[float], exit_macs: torch.Tensor,
-                        temperatures: Sequence[float] | None = None) -> DynamicResult:
+                        temperatures: Sequence[float] | None = None, fallback: str = "ensemble") -> DynamicResult:
     """What :class:`EarlyExitPredictor` would give, from cached logits. ``exit_macs``: (K + 1,)."""
     chosen = choose_exits(cache.confidence(temperatures), torch.as_tensor(thresholds, dtype=torch.float32))
-    correct = cache.correct().gather(0, chosen[None])[0]
+    correct = cache.outcome(fallback).gather(0, chosen[None])[0]
     fractions = torch.bincount(chosen, minlength=cache.num_exits + 1).float() / chosen.numel()
     return DynamicResult(correct.float().mean().item(), exit_macs[chosen].double().mean().item(), fractions.tolist())

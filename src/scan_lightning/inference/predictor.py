@@ -2,7 +2,8 @@
 
 Walk the exits shallow to deep; a sample leaves at the first exit whose max softmax (at that exit's
 temperature) is above the exit's threshold; a sample no exit claims gets the ensemble (mean of all
-exits' logits). After each exit only the undecided samples run the next section.
+exits' logits; the paper) or, with ``fallback="deepest"``, the deepest exit's answer. After each exit
+only the undecided samples run the next section.
 """
 from __future__ import annotations
 
@@ -13,6 +14,15 @@ import torch
 
 from scan_lightning.inference.cost import CostTable
 from scan_lightning.models.multi_exit import MultiExitNetwork
+
+
+FALLBACKS = ("ensemble", "deepest")
+
+
+def check_fallback(fallback: str) -> str:
+    if fallback not in FALLBACKS:
+        raise ValueError(f"fallback={fallback!r} is not allowed; choose one of {FALLBACKS}")
+    return fallback
 
 
 def check_thresholds(thresholds: Sequence[float], num_exits: int, temperatures: Sequence[float] | None = None) -> None:
@@ -50,7 +60,7 @@ def choose_exits(confidence: torch.Tensor, thresholds: torch.Tensor) -> torch.Te
 @dataclass
 class EarlyExitResult:
     prediction: torch.Tensor   # (N,) class per sample
-    exit_index: torch.Tensor   # (N,) 0..K-1, or K for the ensemble fallback
+    exit_index: torch.Tensor   # (N,) 0..K-1, or K when no exit claimed the sample (fallback)
     macs: torch.Tensor         # (N,) MACs each sample paid (honest cumulative count)
 
 
@@ -58,8 +68,9 @@ class EarlyExitPredictor:
     """Runs only what each sample needs. ``costs`` gives the MACs a sample paid at its exit."""
 
     def __init__(self, net: MultiExitNetwork, thresholds: Sequence[float], costs: CostTable,
-                 temperatures: Sequence[float] | None = None) -> None:
+                 temperatures: Sequence[float] | None = None, fallback: str = "ensemble") -> None:
         check_thresholds(thresholds, net.num_exits, temperatures)
+        self.fallback = check_fallback(fallback)
         self.net = net.eval()
         self.thresholds = [float(t) for t in thresholds]
         self.temperatures = [float(t) for t in temperatures] if temperatures is not None else [1.0] * net.num_exits
@@ -84,11 +95,11 @@ class EarlyExitPredictor:
                 prediction[alive[fire]] = pred[fire]
                 exit_index[alive[fire]] = i
                 keep = ~fire
-                alive, h, logit_sum = alive[keep], h[keep], logit_sum[keep]
+                alive, h, logit_sum, logits = alive[keep], h[keep], logit_sum[keep], logits[keep]
             if alive.numel() == 0:
                 break
         if alive.numel():
-            prediction[alive] = (logit_sum / k).argmax(dim=-1)
+            prediction[alive] = (logit_sum / k if self.fallback == "ensemble" else logits).argmax(dim=-1)
         return EarlyExitResult(prediction, exit_index, self.exit_macs.to(x.device)[exit_index])
 
 

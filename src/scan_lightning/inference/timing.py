@@ -57,14 +57,14 @@ def time_early_exit(net: MultiExitNetwork, predictor: EarlyExitPredictor, costs:
 
 
 def measure_wall_clock(net: MultiExitNetwork, costs: CostTable, thresholds, temperatures, images: torch.Tensor,
-                       batch_sizes=(1, 256), repeats: int = 3) -> list[TimingResult]:
+                       batch_sizes=(1, 256), repeats: int = 3, fallback: str = "ensemble") -> list[TimingResult]:
     """:func:`time_early_exit` at each batch size, for the predictor at ``thresholds``.
 
     Both the full network and the predictor run the deployment form of ``net``: BatchNorm folded
     into the convolutions (:func:`fold_batchnorm`).
     """
     net = fold_batchnorm(net)
-    predictor = EarlyExitPredictor(net, thresholds, costs, temperatures)
+    predictor = EarlyExitPredictor(net, thresholds, costs, temperatures, fallback)
     return [time_early_exit(net, predictor, costs, images, int(bs), int(repeats)) for bs in batch_sizes]
 
 

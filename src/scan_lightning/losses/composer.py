@@ -1,13 +1,15 @@
 """Combine named, weighted loss terms; return the total and every term's (unweighted) value."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import torch
 from torch import nn
 
 from scan_lightning.losses.terms import LossTerm
-from scan_lightning.models.multi_exit import ExitOutputs
+
+if TYPE_CHECKING:  # models.multi_exit imports losses.gradient: import it for typing only
+    from scan_lightning.models.multi_exit import ExitOutputs
 
 
 class LossComposer(nn.Module):

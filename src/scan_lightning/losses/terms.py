@@ -5,13 +5,15 @@ Exit selections: ``"all"``, ``"shallow"`` (every exit but the deepest), ``"deepe
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scan_lightning.models.multi_exit import ExitOutputs
+if TYPE_CHECKING:  # models.multi_exit imports losses.gradient: import it for typing only
+    from scan_lightning.models.multi_exit import ExitOutputs
+
 
 ExitSelection = str | Sequence[int]
 SELECTIONS = ("all", "shallow", "deepest")

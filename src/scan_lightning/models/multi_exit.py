@@ -6,6 +6,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
+from scan_lightning.losses.gradient import equilibrium_scales, scale_gradient
 from scan_lightning.models.backbone import SectionedBackbone
 from scan_lightning.models.heads import AttentionModule, BottleneckHead, LinearHead
 
@@ -50,6 +51,8 @@ class MultiExitNetwork(nn.Module):
         attention: SCAN attention module before each shallow head; one bool or one per shallow exit.
         bottleneck_width: channels inside the SCAN bottleneck (128 in the paper).
         exit_after: 1-based sections followed by an exit (the last always is); ``None`` = every section.
+        gradient_equilibrium: IMTA's GE - each section receives the mean, not the sum, of the gradients
+            of the exits behind it (forward unchanged).
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class MultiExitNetwork(nn.Module):
         attention: bool | Sequence[bool] = True,
         bottleneck_width: int = 128,
         exit_after: Sequence[int] | None = None,
+        gradient_equilibrium: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -68,6 +72,7 @@ class MultiExitNetwork(nn.Module):
             backbone = backbone.regroup(exit_after)
         self.backbone = backbone
         self.num_classes = num_classes
+        self.gradient_equilibrium = gradient_equilibrium
         info = backbone.feature_info
         n_shallow = len(info) - 1
         heads = _per_shallow_exit(head, n_shallow, "head", HEAD_KINDS)
@@ -104,7 +109,12 @@ class MultiExitNetwork(nn.Module):
         logits, features = [], []
         for i, section in enumerate(self.backbone.sections):
             x = section(x)
-            out, feat = self.forward_exit(i, x)
+            branch = x
+            if self.gradient_equilibrium:
+                to_exit, onward = equilibrium_scales(i, self.num_exits)
+                branch = scale_gradient(x, to_exit)
+                x = scale_gradient(x, onward)
+            out, feat = self.forward_exit(i, branch)
             logits.append(out)
             features.append(feat)
         return ExitOutputs(logits, features)

@@ -1,0 +1,68 @@
+"""IMTA techniques: Gradient Equilibrium."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scan_lightning.losses.gradient import equilibrium_scales, scale_gradient
+from scan_lightning.models import MultiExitNetwork, build_backbone
+
+
+def test_scale_gradient_is_identity_forward_and_scales_backward():
+    x = torch.randn(3, requires_grad=True)
+    y = scale_gradient(x, 0.25)
+    assert torch.equal(y, x)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, torch.full((3,), 0.25))
+
+
+def test_equilibrium_scales():
+    assert [equilibrium_scales(i, 4) for i in range(4)] == [(1 / 4, 3 / 4), (1 / 3, 2 / 3), (1 / 2, 1 / 2), (1.0, 0.0)]
+
+
+def section_output_grads(net: MultiExitNetwork, x: torch.Tensor, exits: list[int]) -> list[torch.Tensor]:
+    """Gradient of sum_j loss_j (j in ``exits``) w.r.t. every section's output."""
+    outputs = []
+
+    def keep(module, inputs, output) -> None:  # returning None keeps the output unchanged
+        output.retain_grad()
+        outputs.append(output)
+
+    hooks = [s.register_forward_hook(keep) for s in net.sections]
+    out = net(x)
+    sum(out.logits[j].square().mean() for j in exits).backward()
+    for h in hooks:
+        h.remove()
+    return [torch.zeros_like(o) if o.grad is None else o.grad.clone() for o in outputs]
+
+
+def test_ge_gives_each_section_the_mean_of_its_exit_gradients():
+    torch.manual_seed(0)
+    net = MultiExitNetwork(build_backbone("resnet18", width=0.125), 5, bottleneck_width=8).double().eval()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    k = net.num_exits
+    per_exit = [section_output_grads(net, x, [j]) for j in range(k)]   # plain network, one exit at a time
+    net.gradient_equilibrium = True
+    with_ge = section_output_grads(net, x, list(range(k)))
+    for i in range(k):
+        behind = [per_exit[j][i] for j in range(i, k)]                   # exits whose gradient passes section i
+        torch.testing.assert_close(with_ge[i], torch.stack(behind).mean(0), atol=1e-6, rtol=1e-6)
+    net.gradient_equilibrium = False
+    plain = section_output_grads(net, x, list(range(k)))
+    torch.testing.assert_close(plain[0], torch.stack([per_exit[j][0] for j in range(k)]).sum(0), atol=1e-6, rtol=1e-6)
+
+
+def test_ge_leaves_the_forward_and_head_gradients_unchanged():
+    torch.manual_seed(0)
+    net = MultiExitNetwork(build_backbone("resnet18", width=0.125), 5, bottleneck_width=8).eval()
+    x = torch.randn(2, 3, 16, 16)
+    a = net(x)
+    a.logits[0].sum().backward()
+    head_grad = net.heads[0].fc.weight.grad.clone()
+    net.zero_grad()
+    net.gradient_equilibrium = True
+    b = net(x)
+    for la, lb in zip(a.logits, b.logits):
+        torch.testing.assert_close(la, lb)
+    b.logits[0].sum().backward()
+    torch.testing.assert_close(net.heads[0].fc.weight.grad, head_grad)
