@@ -51,9 +51,13 @@ def choose_exits(confidence: torch.Tensor, thresholds: torch.Tensor) -> torch.Te
     ``confidence``: (K, N). ``thresholds``: (K,) or (P, K) for a population. Returns (N,) or (P, N).
     """
     k = confidence.shape[0]
-    fire = confidence.unsqueeze(0) > thresholds.reshape(-1, k, 1)          # (P, K, N)
-    first = fire.to(torch.uint8).argmax(dim=1)                              # first True, 0 if none
-    chosen = torch.where(fire.any(dim=1), first, torch.full_like(first, k))
+    thr = thresholds.reshape(-1, k)
+    undecided = torch.ones((thr.shape[0], confidence.shape[1]), dtype=torch.bool)
+    chosen = torch.zeros(undecided.shape, dtype=torch.uint8)
+    for i in range(k):                       # count the exits a sample passes without firing
+        undecided &= confidence[i][None] <= thr[:, i, None]
+        chosen += undecided
+    chosen = chosen.long()
     return chosen if thresholds.dim() == 2 else chosen[0]
 
 

@@ -27,15 +27,18 @@ class GAResult:
     best_per_generation: list[float] = field(default_factory=list)
 
 
-def population_scores(cache: ExitCache, thresholds: torch.Tensor, exit_macs: torch.Tensor,
-                      confidence: torch.Tensor | None = None, fallback: str = "ensemble"
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Accuracy and mean MACs of every threshold vector in ``thresholds`` (P, K), all at once."""
-    conf = cache.confidence() if confidence is None else confidence
-    chosen = choose_exits(conf, thresholds)                                   # (P, N)
-    correct = cache.outcome(fallback).float()                                 # (K + 1, N)
-    acc = correct.gather(0, chosen).mean(1)
-    macs = exit_macs.to(torch.float64)[chosen].mean(1)
+def population_scores(confidence: torch.Tensor, outcome: torch.Tensor, thresholds: torch.Tensor,
+                      exit_macs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accuracy and mean MACs of every threshold vector in ``thresholds`` (P, K), all at once.
+
+    ``confidence``: (K, N) per-exit confidences; ``outcome``: (K + 1, N) right/wrong per exit and fallback.
+    """
+    chosen = choose_exits(confidence, thresholds)                             # (P, N)
+    n = chosen.shape[1]
+    # one-hot (member, exit, sample): accuracy and MACs as two reductions, no (P, N) gathers
+    one_hot = torch.zeros(chosen.shape[0], outcome.shape[0], n).scatter_(1, chosen[:, None], 1.0)
+    acc = torch.einsum("pkn,kn->p", one_hot, outcome.float()) / n
+    macs = one_hot.sum(2).double() @ exit_macs.double() / n
     return acc, macs
 
 
@@ -76,11 +79,11 @@ def genetic_search(
             raise ValueError(f"genetic search: {name}={value} is out of range")
     g = torch.Generator().manual_seed(seed)
     k = cache.num_exits
-    conf = cache.confidence()
+    conf, outcome = cache.confidence(), cache.outcome(fallback)
     genes = torch.rand(population, k, bits, generator=g) < 0.5
 
     def fitness_of(pop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        acc, macs = population_scores(cache, decode_genes(pop), exit_macs, conf, fallback)
+        acc, macs = population_scores(conf, outcome, decode_genes(pop), exit_macs)
         return reference_macs / macs + beta * (acc.double() - base), acc, macs
 
     history = []

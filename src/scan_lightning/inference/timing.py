@@ -30,16 +30,22 @@ class TimingResult:
         return {**asdict(self), "efficiency": self.efficiency}
 
 
-def _best_time(fn, batches: list[torch.Tensor], repeats: int) -> float:
-    """Best of ``repeats`` passes over ``batches`` (after one warm-up pass), in seconds."""
+def _pass_time(fn, batches: list[torch.Tensor]) -> float:
+    start = time.perf_counter()
     for x in batches:
         fn(x)
-    best = float("inf")
+    return time.perf_counter() - start
+
+
+def _best_times(fns: list, batches: list[torch.Tensor], repeats: int) -> list[float]:
+    """Best of ``repeats`` passes of each function over ``batches``, the functions interleaved so that
+    load changes on the machine hit all of them alike; one warm-up pass each first."""
+    for fn in fns:
+        _pass_time(fn, batches)
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        for x in batches:
-            fn(x)
-        best = min(best, time.perf_counter() - start)
+        for j, fn in enumerate(fns):
+            best[j] = min(best[j], _pass_time(fn, batches))
     return best
 
 
@@ -50,8 +56,7 @@ def time_early_exit(net: MultiExitNetwork, predictor: EarlyExitPredictor, costs:
     net.eval()
     batches = list(images.split(batch_size))
     n = images.shape[0]
-    full = _best_time(lambda x: full_network(net, x), batches, repeats)
-    early = _best_time(predictor, batches, repeats)
+    full, early = _best_times([lambda x: full_network(net, x), predictor], batches, repeats)
     macs = torch.cat([predictor(x).macs for x in batches]).mean().item()
     return TimingResult(batch_size, n, 1e3 * full / n, 1e3 * early / n, full / early, costs.plain_macs / macs)
 
