@@ -66,3 +66,26 @@ def test_ge_leaves_the_forward_and_head_gradients_unchanged():
         torch.testing.assert_close(la, lb)
     b.logits[0].sum().backward()
     torch.testing.assert_close(net.heads[0].fc.weight.grad, head_grad)
+
+
+def test_one_for_all_matches_hand_computation():
+    from scan_lightning.losses import OneForAll
+    from scan_lightning.models.multi_exit import ExitOutputs
+    from tests.test_losses import hand_kl
+
+    g = torch.Generator().manual_seed(3)
+    logits = [torch.randn(4, 6, generator=g, requires_grad=True) for _ in range(3)]
+    y = torch.tensor([0, 1, 2, 3])
+    out = ExitOutputs(logits, [torch.zeros(4, 2)] * 3)
+    term = OneForAll(exits="shallow", alpha=0.3, temperature=2.0)
+    value = term(out, y)
+    expected = 0.0
+    for i in (0, 1):
+        ce = torch.nn.functional.cross_entropy(logits[i].detach(), y).item()
+        kl = hand_kl(logits[i].detach(), logits[2].detach(), 2.0) / 4.0  # hand_kl includes T^2; OFA does not
+        expected += 0.3 * ce + 0.7 * kl
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+    value.backward()
+    assert logits[2].grad is None  # the teacher is detached
+    with pytest.raises(ValueError, match="alpha=1.5"):
+        OneForAll(alpha=1.5)

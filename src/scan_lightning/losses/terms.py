@@ -121,3 +121,27 @@ class FeatureHint(LossTerm):
             )
         sq = (f_i - f_deep).pow(2).sum()
         return sq / f_i.shape[0] if self.reduction == "mean" else sq
+
+
+class OneForAll(LossTerm):
+    """IMTA's One-for-all KD (Eq. 7-8): alpha * CE_i + (1 - alpha) * KL(p_teacher || p_i) at temperature T.
+
+    The teacher is the deepest exit, detached. The KL is averaged over the batch ('batchmean'; the public
+    code's 'mean' also divides by the class count) and, as in the paper, not multiplied by T^2.
+    """
+
+    def __init__(self, weight: float = 1.0, exits: ExitSelection = "shallow", alpha: float = 0.5,
+                 temperature: float = 1.0) -> None:
+        super().__init__(weight, exits)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha={alpha} must lie in [0, 1]")
+        if temperature <= 0:
+            raise ValueError(f"temperature={temperature} must be > 0")
+        self.alpha, self.temperature = float(alpha), float(temperature)
+
+    def exit_loss(self, outputs: ExitOutputs, target: torch.Tensor, i: int) -> torch.Tensor:
+        t = self.temperature
+        teacher = outputs.logits[-1].detach()
+        kl = F.kl_div(F.log_softmax(outputs.logits[i] / t, 1), F.log_softmax(teacher / t, 1), reduction="batchmean",
+                      log_target=True)
+        return self.alpha * F.cross_entropy(outputs.logits[i], target) + (1 - self.alpha) * kl
