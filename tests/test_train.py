@@ -100,7 +100,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_cli_paper_experiment_fast_dev_run_on_synthetic_data(tmp_path):
-    proc = run_cli("experiment=scan_cifar100_resnet18", "data=synthetic", "data.num_classes=100",
+    proc = run_cli("experiment=scan_cifar100_resnet18", "data=synthetic", "data.num_classes=100", "timing.images=32",
                    "trainer.fast_dev_run=true", "logger=none", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Per-exit test results (scan_cifar100_resnet18)" in proc.stdout
@@ -125,7 +125,8 @@ def test_cli_bad_input_stops_before_training(tmp_path, override, needle):
 def test_wandb_multirun_records_one_offline_run_per_job(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "scan_lightning.train", "-m", "data=synthetic", "logger=wandb",
-         "trainer.fast_dev_run=true", "measure_wall_clock=false", "loss.terms.kd.weight=0.3,0.7"],
+         "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+         "model.backbone.width=0.125", "measure_wall_clock=false", "loss.terms.kd.weight=0.3,0.7"],
         cwd=tmp_path, env={**os.environ, "SCAN_ROOT": str(tmp_path), "WANDB_SILENT": "true"},
         capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
