@@ -89,3 +89,46 @@ def test_one_for_all_matches_hand_computation():
     assert logits[2].grad is None  # the teacher is detached
     with pytest.raises(ValueError, match="alpha=1.5"):
         OneForAll(alpha=1.5)
+
+
+@pytest.mark.parametrize("isc", ["identity", "linear"])
+@pytest.mark.parametrize("detach", [True, False])
+def test_isc_detached_blocks_gradient_to_the_previous_exit(isc, detach):
+    torch.manual_seed(0)
+    net = MultiExitNetwork(build_backbone("resnet18", width=0.125), 5, bottleneck_width=8, isc=isc,
+                           isc_detach=detach)
+    out = net(torch.randn(4, 3, 16, 16))
+    out.logits[2].square().mean().backward()       # exit 3's loss only
+    grads = [p.grad for p in [*net.heads[1].parameters(), *net.attentions[1].parameters()]]
+    reached = any(g is not None and g.abs().sum() > 0 for g in grads)
+    assert reached is (not detach)
+
+
+def test_isc_predictor_equals_compute_all_then_choose():
+    from scan_lightning.inference import EarlyExitPredictor, exit_confidence, measure_costs
+    from tests.test_inference import compute_all_then_choose
+
+    torch.manual_seed(1)
+    net = MultiExitNetwork(build_backbone("resnet18", width=0.125), 3, bottleneck_width=8, isc="linear").eval()
+    x = torch.randn(32, 3, 32, 32) * 3
+    with torch.no_grad():
+        conf = torch.stack([exit_confidence(lg)[0] for lg in net(x).logits])
+    thresholds = conf.median(1).values.tolist()
+    result = EarlyExitPredictor(net, thresholds, measure_costs(net, (3, 32, 32)))(x)
+    pred, exits = compute_all_then_choose(net, x, thresholds)
+    assert torch.equal(result.exit_index, exits) and torch.equal(result.prediction, pred)
+    assert len(set(exits.tolist())) >= 2
+
+
+def test_isc_identity_adds_the_previous_logits():
+    torch.manual_seed(0)
+    net = MultiExitNetwork(build_backbone("resnet18", width=0.125), 5, bottleneck_width=8, isc="identity").eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        out = net(x)
+        net.isc = None
+        plain = net(x)
+    torch.testing.assert_close(out.logits[1], plain.logits[1] + out.logits[0])
+    torch.testing.assert_close(out.logits[0], plain.logits[0])
+    with pytest.raises(ValueError, match="model.isc='mlp'"):
+        MultiExitNetwork(build_backbone("resnet18", width=0.125), 5, isc="mlp")

@@ -72,10 +72,10 @@ class CostTable:
         }
 
 
-def count_macs(module: nn.Module, *inputs: torch.Tensor) -> tuple[int, torch.Tensor]:
-    """MACs of one forward of ``module`` (FLOPs / 2) and its output."""
+def count_macs(fn, *inputs) -> tuple[int, object]:
+    """MACs of one call of ``fn`` (a module or function; FLOPs / 2) and its output."""
     with FlopCounterMode(display=False) as counter:
-        out = module(*inputs)
+        out = fn(*inputs)
     return counter.get_total_flops() // 2, out
 
 
@@ -91,15 +91,18 @@ def measure_costs(net: MultiExitNetwork, input_shape: tuple[int, int, int]) -> C
     try:
         device = next(net.parameters()).device
         h = torch.zeros(1, *input_shape, device=device)
-        rows, cum_macs, cum_params, prefix_macs = [], 0, 0, 0
+        rows, cum_macs, cum_params, prefix_macs, logits = [], 0, 0, 0, None
         for i, section in enumerate(net.sections):
             s_macs, h = count_macs(section, h)
             attention = net.attentions[i] if i < len(net.attentions) else nn.Identity()
-            a_macs, g = count_macs(attention, h)
-            head_macs, _ = count_macs(net.heads[i], g)
+            a_macs, _ = count_macs(attention, h)
+            # the exit as the network runs it (attention, head, ISC transfer), minus the attention
+            exit_macs, (logits, _) = count_macs(net.forward_exit, i, h, logits)
+            head_macs = exit_macs - a_macs
             prefix_macs += s_macs
             cum_macs += s_macs + a_macs + head_macs
-            s_p, a_p, h_p = count_params(section), count_params(attention), count_params(net.heads[i])
+            transfer = net.isc_transfers[i - 1] if net.isc == "linear" and i > 0 else nn.Identity()
+            s_p, a_p, h_p = count_params(section), count_params(attention), count_params(net.heads[i]) + count_params(transfer)
             cum_params += s_p + a_p + h_p
             rows.append(ExitCost(i, s_macs, a_macs, head_macs, cum_macs, prefix_macs + head_macs,
                                  s_p, a_p, h_p, cum_params))

@@ -88,10 +88,10 @@ class EarlyExitPredictor:
         exit_index = torch.full((n,), k, dtype=torch.long, device=x.device)
         alive = torch.arange(n, device=x.device)       # original indices of undecided samples
         logit_sum = None                               # running sum of their logits (for the ensemble)
-        h = x
+        h, logits = x, None
         for i, section in enumerate(self.net.sections):
             h = section(h)
-            logits, _ = self.net.forward_exit(i, h)
+            logits, _ = self.net.forward_exit(i, h, logits)
             logit_sum = logits if logit_sum is None else logit_sum + logits
             conf, pred = exit_confidence(logits, self.temperatures[i])
             fire = conf > self.thresholds[i]

@@ -54,8 +54,11 @@ class BottleneckHead(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(out_features, num_classes)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.bottleneck(x)).flatten(1)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feature = self.pool(self.bottleneck(x)).flatten(1)
+        feature = self.features(x)
         return self.fc(feature), feature
 
 
@@ -67,6 +70,9 @@ class LinearHead(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_channels, num_classes)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x).flatten(1)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feature = self.pool(x).flatten(1)
+        feature = self.features(x)
         return self.fc(feature), feature

@@ -11,6 +11,7 @@ from scan_lightning.models.backbone import SectionedBackbone
 from scan_lightning.models.heads import AttentionModule, BottleneckHead, LinearHead
 
 HEAD_KINDS = ("bottleneck", "linear")
+ISC_TRANSFERS = ("identity", "linear")
 
 
 class ExitOutputs(NamedTuple):
@@ -53,6 +54,11 @@ class MultiExitNetwork(nn.Module):
         exit_after: 1-based sections followed by an exit (the last always is); ``None`` = every section.
         gradient_equilibrium: IMTA's GE - each section receives the mean, not the sum, of the gradients
             of the exits behind it (forward unchanged).
+        isc: IMTA's Inline Subnetwork Collaboration - exit i+1 also sees exit i's logits. ``None`` = off;
+            ``"identity"`` (paper): the previous logits are added to the exit's own (residual learning);
+            ``"linear"`` (public code): Linear(classes -> feature width) + BN + ReLU of the previous
+            logits, concatenated with the exit's pooled feature before its Linear.
+        isc_detach: no gradient along the transfer path (paper); ``False`` = the public code.
     """
 
     def __init__(
@@ -64,6 +70,8 @@ class MultiExitNetwork(nn.Module):
         bottleneck_width: int = 128,
         exit_after: Sequence[int] | None = None,
         gradient_equilibrium: bool = False,
+        isc: str | None = None,
+        isc_detach: bool = True,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -73,6 +81,9 @@ class MultiExitNetwork(nn.Module):
         self.backbone = backbone
         self.num_classes = num_classes
         self.gradient_equilibrium = gradient_equilibrium
+        if isc is not None and isc not in ISC_TRANSFERS:
+            raise ValueError(f"model.isc={isc!r} is not allowed; choose null or one of {ISC_TRANSFERS}")
+        self.isc, self.isc_detach = isc, isc_detach
         info = backbone.feature_info
         n_shallow = len(info) - 1
         heads = _per_shallow_exit(head, n_shallow, "head", HEAD_KINDS)
@@ -90,6 +101,13 @@ class MultiExitNetwork(nn.Module):
                 exit_heads.append(LinearHead(s.channels, num_classes))
         exit_heads.append(LinearHead(deep.channels, num_classes))
         self.heads = nn.ModuleList(exit_heads)
+        self.isc_transfers = nn.ModuleList()
+        if isc == "linear":  # every exit after the first takes [feature, transfer(previous logits)]
+            for head in exit_heads[1:]:
+                width = head.fc.in_features
+                self.isc_transfers.append(nn.Sequential(nn.Linear(num_classes, width), nn.BatchNorm1d(width),
+                                                        nn.ReLU(inplace=True)))
+                head.fc = nn.Linear(2 * width, num_classes)
 
     @property
     def num_exits(self) -> int:
@@ -99,11 +117,24 @@ class MultiExitNetwork(nn.Module):
     def sections(self) -> nn.ModuleList:
         return self.backbone.sections
 
-    def forward_exit(self, i: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and feature of exit ``i`` (0-based) from section ``i``'s output ``h``."""
+    def forward_exit(self, i: int, h: torch.Tensor, previous: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and feature of exit ``i`` (0-based) from section ``i``'s output ``h``.
+
+        ``previous``: exit ``i - 1``'s logits for the same samples, used when ISC is on.
+        """
         if i < len(self.attentions):
             h = self.attentions[i](h)
-        return self.heads[i](h)
+        head = self.heads[i]
+        feature = head.features(h)
+        if self.isc is None or i == 0:
+            return head.fc(feature), feature
+        if previous is None:
+            raise ValueError(f"exit {i} needs exit {i - 1}'s logits (model.isc={self.isc!r})")
+        prior = previous.detach() if self.isc_detach else previous
+        if self.isc == "identity":
+            return head.fc(feature) + prior, feature
+        return head.fc(torch.cat([feature, self.isc_transfers[i - 1](prior)], dim=1)), feature
 
     def forward(self, x: torch.Tensor) -> ExitOutputs:
         logits, features = [], []
@@ -114,7 +145,7 @@ class MultiExitNetwork(nn.Module):
                 to_exit, onward = equilibrium_scales(i, self.num_exits)
                 branch = scale_gradient(x, to_exit)
                 x = scale_gradient(x, onward)
-            out, feat = self.forward_exit(i, branch)
+            out, feat = self.forward_exit(i, branch, logits[-1] if logits else None)
             logits.append(out)
             features.append(feat)
         return ExitOutputs(logits, features)
