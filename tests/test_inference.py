@@ -9,8 +9,17 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from scan_lightning.inference import (
-    EarlyExitPredictor, ExitCache, budget_proportions, budgeted_thresholds, check_thresholds, choose_exits,
-    decode_genes, evaluate_thresholds, exit_confidence, genetic_search, measure_costs,
+    EarlyExitPredictor,
+    ExitCache,
+    budget_proportions,
+    budgeted_thresholds,
+    check_thresholds,
+    choose_exits,
+    decode_genes,
+    evaluate_thresholds,
+    exit_confidence,
+    genetic_search,
+    measure_costs,
 )
 from scan_lightning.inference.analysis import exit_macs, load_thresholds
 from scan_lightning.models import MultiExitNetwork, build_backbone

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 

@@ -25,12 +25,16 @@ from hydra import compose, initialize_config_dir
 
 from scan_lightning.config import build, config_dir
 from scan_lightning.inference import (
-    EarlyExitPredictor, ExitCache, budget_proportions, budgeted_thresholds, genetic_search, measure_costs,
+    EarlyExitPredictor,
+    ExitCache,
+    budget_proportions,
+    budgeted_thresholds,
+    genetic_search,
+    measure_costs,
     time_early_exit,
 )
 from scan_lightning.inference.analysis import exit_macs
 from scan_lightning.inference.deploy import fold_batchnorm
-
 
 NETWORKS = {  # name: (overrides, images per batch size)
     "quickstart resnet18_cpu @ fashion_mnist": (["model=resnet18_cpu", "data=fashion_mnist"], 1024),

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import LearningRateMonitor
-import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from pytorch_lightning.callbacks import LearningRateMonitor
 
 from scan_lightning.callbacks import ThresholdSearch
 from scan_lightning.config import build, config_dir, to_plain

@@ -2,10 +2,20 @@
 from scan_lightning.inference.cache import DynamicResult, ExitCache, collect_outputs, evaluate_thresholds
 from scan_lightning.inference.cost import CostTable, ExitCost, count_macs, measure_costs
 from scan_lightning.inference.predictor import (
-    EarlyExitPredictor, EarlyExitResult, check_thresholds, choose_exits, exit_confidence, full_network,
+    EarlyExitPredictor,
+    EarlyExitResult,
+    check_thresholds,
+    choose_exits,
+    exit_confidence,
+    full_network,
 )
 from scan_lightning.inference.search import (
-    GAResult, budget_proportions, budget_sweep, budgeted_thresholds, decode_genes, genetic_search,
+    GAResult,
+    budget_proportions,
+    budget_sweep,
+    budgeted_thresholds,
+    decode_genes,
+    genetic_search,
 )
 from scan_lightning.inference.timing import TimingResult, time_early_exit
 

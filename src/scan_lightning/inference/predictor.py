@@ -15,7 +15,6 @@ import torch
 from scan_lightning.inference.cost import CostTable
 from scan_lightning.models.multi_exit import MultiExitNetwork
 
-
 FALLBACKS = ("ensemble", "deepest")
 
 

@@ -1,7 +1,13 @@
 """Loss terms and the composer that weights and sums them."""
 from scan_lightning.losses.composer import LossComposer
 from scan_lightning.losses.terms import (
-    CrossEntropy, Distillation, FeatureHint, LossTerm, OneForAll, kd_kl, select_exits,
+    CrossEntropy,
+    Distillation,
+    FeatureHint,
+    LossTerm,
+    OneForAll,
+    kd_kl,
+    select_exits,
 )
 
 __all__ = ["CrossEntropy", "Distillation", "FeatureHint", "LossComposer", "LossTerm", "OneForAll", "kd_kl", "select_exits"]
