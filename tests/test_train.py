@@ -144,3 +144,17 @@ def test_cli_missing_dataset_is_one_clear_error(tmp_path):
     proc = run_cli("data.source_dir=" + str(tmp_path / "no_debian_files"), cwd=tmp_path)
     assert proc.returncode == 2
     assert "apt-get install dataset-fashion-mnist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("search.fallback=best", "fallback='best'"),
+    ("search.ga.population=1", "search.ga.population=1 is out of range"),
+    ("search.ga.baseline=fastest", "search.ga.baseline='fastest'"),
+])
+def test_bad_search_settings_stop_before_training(make_cfg, override, needle):
+    from scan_lightning.train import ConfigError
+
+    cfg = make_cfg("data=synthetic", override)
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "config_resolved.yaml").exists()  # nothing ran or was written

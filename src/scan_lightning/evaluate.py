@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from scan_lightning.config import build, config_dir
-from scan_lightning.inference.analysis import load_thresholds, score_thresholds, search_and_score
+from scan_lightning.inference.analysis import check_search, load_thresholds, score_thresholds, search_and_score
 from scan_lightning.inference.cache import collect_outputs
 from scan_lightning.inference.cost import measure_costs
 from scan_lightning.inference.predictor import check_fallback, check_thresholds
@@ -25,6 +25,7 @@ from scan_lightning.report import exit_rows, print_dynamic_summary, print_exit_t
 
 def evaluate(cfg: DictConfig) -> dict:
     """Load ``cfg.ckpt_path`` (weights_only), rebuild its data from the stored run config, report."""
+    check_search(OmegaConf.to_container(cfg.search, resolve=True))
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.is_file():
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist")

@@ -8,7 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from scan_lightning.inference.analysis import save_thresholds, search_and_score
+from scan_lightning.inference.analysis import check_search, save_thresholds, search_and_score
 from scan_lightning.inference.cache import ExitCache, collect_outputs
 from scan_lightning.inference.cost import CostTable, measure_costs
 from scan_lightning.models.multi_exit import MultiExitNetwork
@@ -36,6 +36,7 @@ class ThresholdSearch(pl.Callback):
 
     def __init__(self, search: dict[str, Any], input_shape: list[int]) -> None:
         super().__init__()
+        check_search(search)
         self.search = dict(search)
         self.input_shape = tuple(input_shape)
         self.result: dict[str, Any] | None = None

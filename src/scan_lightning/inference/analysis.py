@@ -10,7 +10,7 @@ import torch
 from scan_lightning.inference.cache import ExitCache, evaluate_thresholds
 from scan_lightning.inference.cost import CostTable
 from scan_lightning.inference.predictor import check_fallback, check_thresholds
-from scan_lightning.inference.search import budget_sweep, genetic_search
+from scan_lightning.inference.search import budget_sweep, check_ga_settings, genetic_search
 
 
 def exit_macs(costs: CostTable) -> torch.Tensor:
@@ -34,6 +34,16 @@ def budgeted_curve(val: ExitCache, test: ExitCache, costs: CostTable, steps: int
         res = evaluate_thresholds(test, thresholds.tolist(), em)
         rows.append({"p": p, "thresholds": thresholds.tolist(), **res.to_dict()})
     return rows
+
+
+def check_search(search: Mapping[str, Any]) -> None:
+    """Reject bad search settings up front (the callback calls this before training starts)."""
+    check_ga_settings(**dict(search.get("ga", {})))
+    fallback = search.get("fallback", "ensemble")
+    if fallback != "auto":
+        check_fallback(fallback)
+    if int(search.get("budget_steps", 40)) < 1:
+        raise ValueError(f"search.budget_steps={search.get('budget_steps')} must be >= 1")
 
 
 def resolve_fallback(val: ExitCache, fallback: str) -> str:

@@ -42,6 +42,23 @@ def population_scores(confidence: torch.Tensor, outcome: torch.Tensor, threshold
     return acc, macs
 
 
+def check_ga_settings(beta: float = 200.0, baseline: str | float = "deepest", bits: int = 30,
+                      population: int = 100, generations: int = 100, crossover_rate: float = 0.9,
+                      mutation_rate: float = 0.01, elite: int = 2, seed: int = 0) -> None:
+    """One clear error for a GA setting out of range (called before training, and by the search)."""
+    if isinstance(baseline, str) and baseline not in BASELINES:
+        raise ValueError(f"search.ga.baseline={baseline!r} is not allowed; choose one of {BASELINES} or a number")
+    if not isinstance(baseline, str) and not 0.0 <= float(baseline) <= 1.0:
+        raise ValueError(f"search.ga.baseline={baseline} must be an accuracy in [0, 1]")
+    for name, value, ok in (("bits", bits, bits >= 1), ("population", population, population >= 2),
+                            ("generations", generations, generations >= 1),
+                            ("elite", elite, 0 <= elite < population), ("beta", beta, beta >= 0),
+                            ("crossover_rate", crossover_rate, 0 <= crossover_rate <= 1),
+                            ("mutation_rate", mutation_rate, 0 <= mutation_rate <= 1)):
+        if not ok:
+            raise ValueError(f"search.ga.{name}={value} is out of range")
+
+
 def genetic_search(
     cache: ExitCache,
     exit_macs: torch.Tensor,
@@ -64,19 +81,11 @@ def genetic_search(
     accuracy in [0, 1]. Accuracy is a fraction, so beta = 200 trades 1 point of accuracy for 2x speed.
     ``fallback``: what answers samples no exit claims (``"ensemble"``, the paper, or ``"deepest"``).
     """
+    check_ga_settings(beta, baseline, bits, population, generations, crossover_rate, mutation_rate, elite, seed)
     if isinstance(baseline, str):
-        if baseline not in BASELINES:
-            raise ValueError(f"baseline={baseline!r} is not allowed; choose one of {BASELINES} or a number")
         base = cache.accuracy()[-2 if baseline == "deepest" else -1].item()
     else:
         base = float(baseline)
-    for name, value, ok in (("bits", bits, bits >= 1), ("population", population, population >= 2),
-                            ("generations", generations, generations >= 1),
-                            ("elite", elite, 0 <= elite < population),
-                            ("crossover_rate", crossover_rate, 0 <= crossover_rate <= 1),
-                            ("mutation_rate", mutation_rate, 0 <= mutation_rate <= 1)):
-        if not ok:
-            raise ValueError(f"genetic search: {name}={value} is out of range")
     g = torch.Generator().manual_seed(seed)
     k = cache.num_exits
     conf, outcome = cache.confidence(), cache.outcome(fallback)
