@@ -14,10 +14,12 @@ from scan_lightning.models import MultiExitNetwork, build_backbone
 from scan_lightning.train import train
 from tests.test_configs import options
 
-EXITS = {"wrn20_8": 3, "wrn44_8": 3, "torchvision": 3}
+EXITS = {"wrn20_8": 3, "wrn44_8": 3, "torchvision": 3, "msdnet_cifar_anytime": 7, "msdnet_cifar_budgeted": 5,
+         "msdnet_imagenet": 5}
 # heavy at 224 px or very deep: run with `make test-slow`; the default run keeps one of each family
 LIGHT = {("resnet18", "cifar100"), ("resnet50", "cifar100"), ("vgg16_bn", "cifar100"), ("wrn20_8", "cifar100"),
-         ("torchvision", "cifar100"), ("resnet18", "imagenet"), ("torchvision", "imagenet")}
+         ("torchvision", "cifar100"), ("resnet18", "imagenet"), ("torchvision", "imagenet"),
+         ("msdnet_cifar_anytime", "cifar100"), ("msdnet_imagenet", "imagenet")}
 PAIRS = [pytest.param(m, d, marks=() if (m, d) in LIGHT else pytest.mark.slow)
          for m in options("model") for d in ("cifar100", "imagenet")]
 

@@ -30,6 +30,7 @@ class MultiExitModule(pl.LightningModule):
         self.save_hyperparameters()
         self.net: MultiExitNetwork = build(model, key="model")
         self.criterion: LossComposer = build(loss, key="loss")
+        self.criterion.check(self.net.num_exits, self.net.feature_widths)
         n = self.net.num_exits
         # one accuracy per exit and for the ensemble, per stage (keys avoid nn.Module.train)
         self.accuracy = nn.ModuleDict({

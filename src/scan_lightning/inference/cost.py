@@ -7,13 +7,15 @@ with the paper's figures. MACs = FLOPs / 2 of the counted ops (convolutions and 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_forward_hook
 from torch.utils.flop_counter import FlopCounterMode
 
-from scan_lightning.models.multi_exit import MultiExitNetwork
+from scan_lightning.models.multi_exit import MultiExitNetwork, exit_input
 
 
 @dataclass(frozen=True)
@@ -72,11 +74,40 @@ class CostTable:
         }
 
 
-def count_macs(fn, *inputs) -> tuple[int, object]:
-    """MACs of one call of ``fn`` (a module or function; FLOPs / 2) and its output."""
-    with FlopCounterMode(display=False) as counter:
-        out = fn(*inputs)
-    return counter.get_total_flops() // 2, out
+def _elementwise_ops(module: nn.Module, inputs: tuple, output: object) -> int:
+    """Per-sample ops the MSDNet/IMTA public op counter adds to conv/linear MACs: ReLU outputs, pooling
+    window reads, Linear biases. Other modules: 0."""
+    if isinstance(module, nn.ReLU):
+        return output[0].numel()
+    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+        k = module.kernel_size
+        return output[0].numel() * (k * k if isinstance(k, int) else math.prod(k))
+    if isinstance(module, nn.AdaptiveAvgPool2d):
+        return inputs[0][0].numel()
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        return module.out_features
+    return 0
+
+
+def count_macs(fn, *inputs, elementwise: bool = False) -> tuple[int, object]:
+    """MACs of one call of ``fn`` (a module or function; FLOPs / 2) and its output.
+
+    ``elementwise=True`` also counts ReLU, pooling and Linear-bias ops per sample, the convention of the
+    MSDNet/IMTA op counter behind their published FLOPs (inputs must be a batch of one).
+    """
+    extra = [0]
+
+    def hook(module: nn.Module, args: tuple, output: object) -> None:
+        extra[0] += _elementwise_ops(module, args, output)
+
+    handle = register_module_forward_hook(hook) if elementwise else None
+    try:
+        with FlopCounterMode(display=False) as counter:
+            out = fn(*inputs)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return counter.get_total_flops() // 2 + extra[0], out
 
 
 def count_params(module: nn.Module) -> int:
@@ -84,8 +115,10 @@ def count_params(module: nn.Module) -> int:
 
 
 @torch.no_grad()
-def measure_costs(net: MultiExitNetwork, input_shape: tuple[int, int, int]) -> CostTable:
-    """Run one image of ``input_shape`` (C, H, W) through every section, attention module and head."""
+def measure_costs(net: MultiExitNetwork, input_shape: tuple[int, int, int], elementwise: bool = False) -> CostTable:
+    """Run one image of ``input_shape`` (C, H, W) through every section, attention module and head.
+
+    ``elementwise``: count as the MSDNet/IMTA op counter does (see :func:`count_macs`)."""
     was_training = net.training
     net.eval()
     try:
@@ -93,11 +126,11 @@ def measure_costs(net: MultiExitNetwork, input_shape: tuple[int, int, int]) -> C
         h = torch.zeros(1, *input_shape, device=device)
         rows, cum_macs, cum_params, prefix_macs, logits = [], 0, 0, 0, None
         for i, section in enumerate(net.sections):
-            s_macs, h = count_macs(section, h)
+            s_macs, h = count_macs(section, h, elementwise=elementwise)
             attention = net.attentions[i] if i < len(net.attentions) else nn.Identity()
-            a_macs, _ = count_macs(attention, h)
+            a_macs, _ = count_macs(attention, exit_input(h), elementwise=elementwise)
             # the exit as the network runs it (attention, head, ISC transfer), minus the attention
-            exit_macs, (logits, _) = count_macs(net.forward_exit, i, h, logits)
+            exit_macs, (logits, _) = count_macs(net.forward_exit, i, h, logits, elementwise=elementwise)
             head_macs = exit_macs - a_macs
             prefix_macs += s_macs
             cum_macs += s_macs + a_macs + head_macs

@@ -20,7 +20,7 @@ def fold_batchnorm(net: MultiExitNetwork) -> MultiExitNetwork:
     # inside attention modules and heads only their Sequential stacks are traced, so the modules keep
     # the methods the network calls (attention_map, features, fc)
     for module in [*folded.attentions, *folded.heads]:
-        for name in ("mask", "bottleneck"):
+        for name in ("mask", "bottleneck", "convs"):
             if isinstance(getattr(module, name, None), nn.Sequential):
                 setattr(module, name, fuse(getattr(module, name)))
     return folded

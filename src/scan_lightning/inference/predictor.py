@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from scan_lightning.inference.cost import CostTable
-from scan_lightning.models.multi_exit import MultiExitNetwork
+from scan_lightning.models.multi_exit import MultiExitNetwork, exit_input, take_samples
 
 FALLBACKS = ("ensemble", "deepest")
 
@@ -98,7 +98,7 @@ class EarlyExitPredictor:
                 prediction[alive[fire]] = pred[fire]
                 exit_index[alive[fire]] = i
                 keep = ~fire
-                alive, h, logit_sum, logits = alive[keep], h[keep], logit_sum[keep], logits[keep]
+                alive, h, logit_sum, logits = alive[keep], take_samples(h, keep), logit_sum[keep], logits[keep]
             if alive.numel() == 0:
                 break
         if alive.numel():
@@ -111,4 +111,4 @@ def full_network(net: MultiExitNetwork, x: torch.Tensor) -> torch.Tensor:
     """The deepest exit alone: every section plus the deep head, no shallow exits (the plain network)."""
     for section in net.sections:
         x = section(x)
-    return net.heads[-1](x)[0]
+    return net.heads[-1](exit_input(x))[0]

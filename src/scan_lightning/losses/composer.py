@@ -1,7 +1,7 @@
 """Combine named, weighted loss terms; return the total and every term's (unweighted) value."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -23,6 +23,14 @@ class LossComposer(nn.Module):
             if not isinstance(term, LossTerm):
                 raise TypeError(f"loss term {name!r} is a {type(term).__name__}, not a LossTerm")
         self.terms = nn.ModuleDict(dict(terms))
+
+    def check(self, num_exits: int, feature_widths: Sequence[int]) -> None:
+        """One clear error, naming the term, if a term does not fit the network's exits."""
+        for name, term in self.terms.items():
+            try:
+                term.check(num_exits, feature_widths)
+            except ValueError as err:
+                raise ValueError(f"loss term {name!r}: {err}") from None
 
     def forward(self, outputs: ExitOutputs, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         values = {name: term(outputs, target) for name, term in self.terms.items()}

@@ -53,6 +53,10 @@ class LossTerm(nn.Module):
         self.weight = float(weight)
         self.exits = _check_selection(exits)
 
+    def check(self, num_exits: int, feature_widths: Sequence[int]) -> None:
+        """Raise ValueError if this term cannot work on a network with these exits (before training)."""
+        select_exits(self.exits, num_exits)
+
     def forward(self, outputs: ExitOutputs, target: torch.Tensor) -> torch.Tensor:
         idx = select_exits(self.exits, len(outputs.logits))
         return torch.stack([self.exit_loss(outputs, target, i) for i in idx]).sum()
@@ -112,13 +116,14 @@ class FeatureHint(LossTerm):
             raise ValueError(f"reduction={reduction!r} is not allowed; choose one of {HINT_REDUCTIONS}")
         self.reduction = reduction
 
+    def check(self, num_exits: int, feature_widths: Sequence[int]) -> None:
+        for i in select_exits(self.exits, num_exits):
+            if feature_widths[i] != feature_widths[-1]:
+                raise ValueError(f"the feature hint needs equal feature widths; exit {i} has {feature_widths[i]}, "
+                                 f"the deepest {feature_widths[-1]} (use bottleneck heads, or drop the hint term)")
+
     def exit_loss(self, outputs: ExitOutputs, target: torch.Tensor, i: int) -> torch.Tensor:
         f_i, f_deep = outputs.features[i], outputs.features[-1].detach()
-        if f_i.shape != f_deep.shape:
-            raise ValueError(
-                f"feature hint needs equal feature widths; exit {i} has {tuple(f_i.shape[1:])}, the deepest "
-                f"{tuple(f_deep.shape[1:])} (use bottleneck heads, or drop the hint term)"
-            )
         sq = (f_i - f_deep).pow(2).sum()
         return sq / f_i.shape[0] if self.reduction == "mean" else sq
 

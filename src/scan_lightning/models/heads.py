@@ -1,4 +1,4 @@
-"""Exit heads: SCAN attention module, SCAN bottleneck classifier, plain pool+linear classifier.
+"""Exit heads: SCAN attention module, SCAN bottleneck classifier, plain pool+linear, MSDNet classifier.
 
 Every head maps a section output to ``(logits, feature)``, where ``feature`` is the pooled vector that
 feeds the final Linear layer (SCAN's F_i, used by the feature-hint loss).
@@ -53,6 +53,7 @@ class BottleneckHead(nn.Module):
         self.bottleneck = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(out_features, num_classes)
+        self.feature_width = self.fc.in_features
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.bottleneck(x)).flatten(1)
@@ -69,9 +70,36 @@ class LinearHead(nn.Module):
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_channels, num_classes)
+        self.feature_width = self.fc.in_features
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feature = self.features(x)
+        return self.fc(feature), feature
+
+
+class MSDNetHead(nn.Module):
+    """MSDNet's classifier: two 3x3 stride-2 conv-BN-ReLU (``width`` channels; ``None`` = keep the input's),
+    average pool, Linear. He-initialised like the backbone."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int | None = 128) -> None:
+        super().__init__()
+        width = width or in_channels
+        self.convs = nn.Sequential(*_conv_bn_relu(in_channels, width, kernel=3, stride=2, padding=1),
+                                   *_conv_bn_relu(width, width, kernel=3, stride=2, padding=1))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, num_classes)
+        self.feature_width = self.fc.in_features
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.convs(x)).flatten(1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feature = self.features(x)

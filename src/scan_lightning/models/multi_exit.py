@@ -8,9 +8,11 @@ from torch import nn
 
 from scan_lightning.losses.gradient import equilibrium_scales, scale_gradient
 from scan_lightning.models.backbone import SectionedBackbone
-from scan_lightning.models.heads import AttentionModule, BottleneckHead, LinearHead
+from scan_lightning.models.heads import AttentionModule, BottleneckHead, LinearHead, MSDNetHead
 
-HEAD_KINDS = ("bottleneck", "linear")
+HEAD_KINDS = ("bottleneck", "linear", "msdnet")
+DEEP_HEAD_KINDS = ("linear", "msdnet")
+SectionOutput = torch.Tensor | list[torch.Tensor]
 ISC_TRANSFERS = ("identity", "linear")
 
 
@@ -28,6 +30,16 @@ class ExitOutputs(NamedTuple):
 
 def ensemble_logits(logits: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack(list(logits)).mean(0)
+
+
+def exit_input(h: SectionOutput) -> torch.Tensor:
+    """What an exit reads from a section's output: the tensor, or the last (coarsest) map of a multi-scale list."""
+    return h[-1] if isinstance(h, (list, tuple)) else h
+
+
+def take_samples(h: SectionOutput, index: torch.Tensor) -> SectionOutput:
+    """Rows ``index`` of a section's output (every map of a multi-scale list)."""
+    return [x[index] for x in h] if isinstance(h, (list, tuple)) else h[index]
 
 
 def _per_shallow_exit(value, n: int, name: str, allowed: tuple | None = None) -> list:
@@ -48,9 +60,12 @@ class MultiExitNetwork(nn.Module):
     Args:
         backbone: the sectioned feature extractor.
         num_classes: classes of every exit.
-        head: ``"bottleneck"`` (SCAN) or ``"linear"`` for shallow exits; one value or one per shallow exit.
+        head: ``"bottleneck"`` (SCAN), ``"linear"`` or ``"msdnet"`` (MSDNet's conv classifier) for shallow
+            exits; one value or one per shallow exit.
+        deep_head: ``"linear"`` (pool + Linear) or ``"msdnet"`` for the deepest exit.
         attention: SCAN attention module before each shallow head; one bool or one per shallow exit.
-        bottleneck_width: channels inside the SCAN bottleneck (128 in the paper).
+        bottleneck_width: channels inside the SCAN bottleneck or the MSDNet classifier (128 in both papers;
+            ``None`` = the MSDNet classifier keeps its input width, as on ImageNet).
         exit_after: 1-based sections followed by an exit (the last always is); ``None`` = every section.
         gradient_equilibrium: IMTA's GE - each section receives the mean, not the sum, of the gradients
             of the exits behind it (forward unchanged).
@@ -67,7 +82,8 @@ class MultiExitNetwork(nn.Module):
         num_classes: int,
         head: str | Sequence[str] = "bottleneck",
         attention: bool | Sequence[bool] = True,
-        bottleneck_width: int = 128,
+        bottleneck_width: int | None = 128,
+        deep_head: str = "linear",
         exit_after: Sequence[int] | None = None,
         gradient_equilibrium: bool = False,
         isc: str | None = None,
@@ -88,6 +104,8 @@ class MultiExitNetwork(nn.Module):
         n_shallow = len(info) - 1
         heads = _per_shallow_exit(head, n_shallow, "head", HEAD_KINDS)
         attn = _per_shallow_exit(attention, n_shallow, "attention", (True, False))
+        if deep_head not in DEEP_HEAD_KINDS:
+            raise ValueError(f"model.deep_head={deep_head!r} is not allowed; choose one of {DEEP_HEAD_KINDS}")
         deep = info[-1]
         self.attentions = nn.ModuleList(
             [AttentionModule(s.channels) if a else nn.Identity() for s, a in zip(info[:-1], attn)]
@@ -95,11 +113,16 @@ class MultiExitNetwork(nn.Module):
         exit_heads: list[nn.Module] = []
         for s, kind in zip(info[:-1], heads):
             if kind == "bottleneck":
+                if not bottleneck_width:
+                    raise ValueError(f"model.bottleneck_width={bottleneck_width} must be > 0 for bottleneck heads")
                 stride = max(1, deep.reduction // s.reduction)
                 exit_heads.append(BottleneckHead(s.channels, num_classes, deep.channels, stride, bottleneck_width))
+            elif kind == "msdnet":
+                exit_heads.append(MSDNetHead(s.channels, num_classes, bottleneck_width))
             else:
                 exit_heads.append(LinearHead(s.channels, num_classes))
-        exit_heads.append(LinearHead(deep.channels, num_classes))
+        exit_heads.append(MSDNetHead(deep.channels, num_classes, bottleneck_width) if deep_head == "msdnet"
+                          else LinearHead(deep.channels, num_classes))
         self.heads = nn.ModuleList(exit_heads)
         self.isc_transfers = nn.ModuleList()
         if isc == "linear":  # every exit after the first takes [feature, transfer(previous logits)]
@@ -114,15 +137,21 @@ class MultiExitNetwork(nn.Module):
         return len(self.heads)
 
     @property
+    def feature_widths(self) -> list[int]:
+        """Width of each exit's pooled feature (what the feature-hint loss compares)."""
+        return [head.feature_width for head in self.heads]
+
+    @property
     def sections(self) -> nn.ModuleList:
         return self.backbone.sections
 
-    def forward_exit(self, i: int, h: torch.Tensor, previous: torch.Tensor | None = None
+    def forward_exit(self, i: int, h: SectionOutput, previous: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and feature of exit ``i`` (0-based) from section ``i``'s output ``h``.
 
         ``previous``: exit ``i - 1``'s logits for the same samples, used when ISC is on.
         """
+        h = exit_input(h)
         if i < len(self.attentions):
             h = self.attentions[i](h)
         head = self.heads[i]
@@ -140,11 +169,12 @@ class MultiExitNetwork(nn.Module):
         logits, features = [], []
         for i, section in enumerate(self.backbone.sections):
             x = section(x)
-            branch = x
-            if self.gradient_equilibrium:
+            branch = exit_input(x)
+            if self.gradient_equilibrium:  # only the map the exit reads feeds two paths
                 to_exit, onward = equilibrium_scales(i, self.num_exits)
-                branch = scale_gradient(x, to_exit)
-                x = scale_gradient(x, onward)
+                onward_tap = scale_gradient(branch, onward)
+                x = [*x[:-1], onward_tap] if isinstance(x, (list, tuple)) else onward_tap
+                branch = scale_gradient(branch, to_exit)
             out, feat = self.forward_exit(i, branch, logits[-1] if logits else None)
             logits.append(out)
             features.append(feat)

@@ -1,0 +1,144 @@
+"""MSDNet: reference MACs per exit, He init, GE on the coarsest scale, real early exit, fast_dev_runs."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torchvision import datasets
+
+from scan_lightning.config import build
+from scan_lightning.inference import EarlyExitPredictor, exit_confidence, measure_costs
+from scan_lightning.inference.deploy import fold_batchnorm
+from scan_lightning.models import MultiExitNetwork, build_backbone
+from scan_lightning.train import train
+from tests.test_data import write_cifar100
+from tests.test_inference import compute_all_then_choose
+from tests.test_zoo import make_image_folder
+
+# method-facts.md: cumulative M ops per exit on CIFAR-100 (conv+linear MACs, ReLU/pool element counts,
+# every earlier exit included)
+REFERENCE = {
+    "msdnet_cifar_anytime": [15.14, 25.51, 37.10, 46.33, 57.34, 66.96, 75.94],
+    "msdnet_cifar_budgeted": [6.86, 14.35, 27.54, 41.71, 58.48],
+}
+
+
+def small_msdnet(num_classes: int = 5, **kw) -> MultiExitNetwork:
+    backbone = build_backbone("msdnet", num_blocks=3, base=1, step=1, channels=4, growth=2)
+    return MultiExitNetwork(backbone, num_classes, head="msdnet", deep_head="msdnet", attention=False,
+                            bottleneck_width=8, **kw)
+
+
+@pytest.mark.parametrize("model", sorted(REFERENCE))
+def test_per_exit_macs_match_the_reference_within_1_percent(make_cfg, model):
+    cfg = make_cfg(f"model={model}", "data=cifar100")
+    net = build(cfg.model)
+    costs = measure_costs(net, (3, 32, 32), elementwise=True)
+    measured = [e.cumulative_macs / 1e6 for e in costs.exits]
+    assert len(measured) == len(REFERENCE[model])
+    for got, want in zip(measured, REFERENCE[model]):
+        assert got == pytest.approx(want, rel=0.01)
+    # plain conv/linear MACs (our default unit) are below the op-counter figures, which add ReLU/pool counts
+    plain = measure_costs(net, (3, 32, 32))
+    assert all(p.cumulative_macs < e.cumulative_macs for p, e in zip(plain.exits, costs.exits))
+
+
+def test_imagenet_msdnet_geometry(make_cfg):
+    net = build(make_cfg("model=msdnet_imagenet", "data=imagenet").model).eval()
+    assert net.num_exits == 5 and [s.reduction for s in net.backbone.feature_info] == [32] * 5
+    with torch.no_grad():
+        maps = net.sections[0](torch.zeros(1, 3, 224, 224))
+    assert [m.shape[-1] for m in maps] == [56, 28, 14, 7]          # 4 scales
+    assert net.heads[0].fc.in_features == net.backbone.feature_info[0].channels  # classifier keeps its width
+
+
+def test_he_initialisation_is_applied():
+    net = MultiExitNetwork(build_backbone("msdnet"), 100, head="msdnet", deep_head="msdnet", attention=False)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.weight.numel() >= 2000]
+    assert len(convs) > 50
+    for conv in convs:
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        assert conv.weight.std().item() == pytest.approx(math.sqrt(2.0 / fan_out), rel=0.15)
+    # PyTorch's default (kaiming_uniform, a=sqrt(5)) would give std 1/sqrt(3 fan_in): clearly different here
+    big = max(convs, key=lambda c: c.weight.numel())
+    fan_in = big.in_channels * big.kernel_size[0] * big.kernel_size[1]
+    assert abs(big.weight.std().item() - 1 / math.sqrt(3 * fan_in)) > 0.2 / math.sqrt(3 * fan_in)
+
+
+def test_ge_gives_each_blocks_coarsest_map_the_mean_of_its_exit_gradients():
+    torch.manual_seed(0)
+    net = small_msdnet().double().eval()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+
+    def coarse_grads(exits: list[int]) -> list[torch.Tensor]:
+        kept = []
+
+        def keep(module, inputs, output) -> None:
+            output[-1].retain_grad()
+            kept.append(output[-1])
+
+        hooks = [s.register_forward_hook(keep) for s in net.sections]
+        out = net(x)
+        sum(out.logits[j].square().mean() for j in exits).backward()
+        for h in hooks:
+            h.remove()
+        return [torch.zeros_like(o) if o.grad is None else o.grad.clone() for o in kept]
+
+    k = net.num_exits
+    per_exit = [coarse_grads([j]) for j in range(k)]
+    net.gradient_equilibrium = True
+    with_ge = coarse_grads(list(range(k)))
+    for i in range(k):
+        torch.testing.assert_close(with_ge[i], torch.stack([per_exit[j][i] for j in range(i, k)]).mean(0),
+                                   atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("isc", [None, "identity"])
+def test_real_early_exit_on_multi_scale_sections(isc):
+    torch.manual_seed(1)
+    net = small_msdnet(isc=isc).eval()
+    x = torch.randn(48, 3, 16, 16) * 3
+    with torch.no_grad():
+        conf = torch.stack([exit_confidence(lg)[0] for lg in net(x).logits])
+    thresholds = conf.median(1).values.tolist()
+    result = EarlyExitPredictor(net, thresholds, measure_costs(net, (3, 16, 16)))(x)
+    pred, exits = compute_all_then_choose(net, x, thresholds)
+    assert torch.equal(result.exit_index, exits) and torch.equal(result.prediction, pred)
+    assert len(set(exits.tolist())) >= 2
+    folded = fold_batchnorm(net)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.backbone.modules())
+    with torch.no_grad():
+        for a, b in zip(net(x).logits, folded(x).logits):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_msdnet_cifar100_fast_dev_run(make_cfg, tmp_path, monkeypatch):
+    write_cifar100(tmp_path / "data")
+    monkeypatch.setattr(datasets.cifar, "check_integrity", lambda *args: True)
+    cfg = make_cfg("model=msdnet_cifar_anytime", "data=cifar100", "data.val_size=8", "data.batch_size=4",
+                   "data.eval_batch_size=4", "data.num_workers=0", "data.pin_memory=false",
+                   "trainer.fast_dev_run=true", "measure_wall_clock=false", "model.gradient_equilibrium=true",
+                   "loss=dsn")
+    metrics = train(cfg)
+    assert "val/acc/exit7" in metrics and "test/acc/ensemble" in metrics
+
+
+def test_msdnet_imagenet_fast_dev_run(make_cfg, tmp_path):
+    make_image_folder(tmp_path / "imagenet")
+    cfg = make_cfg("model=msdnet_imagenet", "data=imagenet", f"data.root={tmp_path / 'imagenet'}",
+                   "data.num_classes=3", "data.val_size=3", "data.image_size=64", "data.resize_size=72",
+                   "data.batch_size=2", "data.eval_batch_size=2", "data.num_workers=0", "data.pin_memory=false",
+                   "trainer.fast_dev_run=true", "measure_wall_clock=false", "model.isc=identity", "loss=dsn")
+    metrics = train(cfg)
+    assert "val/acc/exit5" in metrics and "test/acc/ensemble" in metrics
+
+
+def test_feature_hint_on_unequal_exit_widths_is_rejected_before_training(make_cfg, tmp_path):
+    from scan_lightning.train import ConfigError
+
+    cfg = make_cfg("model=msdnet_imagenet", "data=synthetic", "loss=scan")  # exit widths 384 ... 560
+    with pytest.raises(ConfigError, match="loss term 'hint': the feature hint needs equal feature widths; exit 0"):
+        train(cfg)
+    assert not (tmp_path / "out").exists()
