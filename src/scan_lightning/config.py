@@ -8,6 +8,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 
+class ConfigError(ValueError):
+    """The run's configuration was rejected before any work started."""
+
+
 def config_dir() -> Path:
     """The ``conf/`` folder: inside the installed package (wheel), else the repository root (clone, editable)."""
     packaged = Path(__file__).resolve().parent / "conf"
@@ -27,9 +31,18 @@ def _one_minus(alpha: float) -> float:
     return 1.0 - alpha
 
 
+def _if(condition: Any, then: Any, otherwise: Any) -> Any:
+    """``${sl.if:${flag},a,b}``: a switch in config (e.g. IMTA's OFA on/off) that sets other values."""
+    if not isinstance(condition, bool):
+        raise ValueError(f"sl.if needs true or false, got {condition!r}")
+    return then if condition else otherwise
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("sl.one_minus"):
         OmegaConf.register_new_resolver("sl.one_minus", _one_minus)
+    if not OmegaConf.has_resolver("sl.if"):
+        OmegaConf.register_new_resolver("sl.if", _if)
 
 
 def build(cfg: DictConfig | dict, key: str | None = None, **kwargs: Any) -> Any:

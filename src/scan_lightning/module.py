@@ -9,6 +9,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from scan_lightning.config import build
+from scan_lightning.finetune import freeze_except, frozen_batchnorms
 from scan_lightning.losses import LossComposer
 from scan_lightning.models.multi_exit import ExitOutputs, MultiExitNetwork
 
@@ -23,20 +24,55 @@ class MultiExitModule(pl.LightningModule):
         loss: config of the composer (``_target_`` LossComposer with named ``terms``).
         optim: ``optimizer`` and optional ``scheduler`` partial configs.
         run_config: the whole resolved run config, stored for reproducibility and evaluation.
+        trainable: glob patterns of the parameters to train (e.g. ``heads.*.fc.*``); the rest is frozen,
+            BatchNorm running statistics included. ``None`` = train everything.
+        teacher_model: config of a frozen network whose deepest exit teaches ``OneForAll(teacher="frozen")``
+            terms; its weights are loaded by the caller (and saved in this module's checkpoints).
     """
 
-    def __init__(self, model: dict, loss: dict, optim: dict, run_config: dict | None = None) -> None:
+    def __init__(self, model: dict, loss: dict, optim: dict, run_config: dict | None = None,
+                 trainable: list[str] | None = None, teacher_model: dict | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net: MultiExitNetwork = build(model, key="model")
         self.criterion: LossComposer = build(loss, key="loss")
         self.criterion.check(self.net.num_exits, self.net.feature_widths)
+        self.trainable_names = freeze_except(self.net, trainable) if trainable else None
+        self._frozen_norms = frozen_batchnorms(self.net) if trainable else []  # plain list: not submodules
+        self.teacher = self._build_teacher(teacher_model)
+        self._hold_frozen_in_eval()
         n = self.net.num_exits
         # one accuracy per exit and for the ensemble, per stage (keys avoid nn.Module.train)
         self.accuracy = nn.ModuleDict({
             f"{stage}_acc": nn.ModuleList([MulticlassAccuracy(self.net.num_classes, average="micro") for _ in range(n + 1)])
             for stage in STAGES
         })
+
+    def _build_teacher(self, teacher_model: dict | None) -> MultiExitNetwork | None:
+        wants = [name for name, term in self.criterion.terms.items() if getattr(term, "teacher", None) == "frozen"]
+        if wants and teacher_model is None:
+            raise ValueError(f"loss term {wants[0]!r} has teacher='frozen' but no teacher network is set "
+                             f"(config key: teacher, a checkpoint or an earlier phase's name)")
+        if teacher_model is None:
+            return None
+        if not wants:
+            raise ValueError("a teacher network is set but no loss term uses it; set teacher=null or a "
+                             "OneForAll term's teacher to 'frozen'")
+        teacher: MultiExitNetwork = build(teacher_model, key="teacher")
+        return teacher.requires_grad_(False).eval()
+
+    def _hold_frozen_in_eval(self) -> None:
+        """The teacher and the frozen BatchNorm layers stay in eval mode: their statistics never change."""
+        for module in [*self._frozen_norms, *([self.teacher] if self.teacher is not None else [])]:
+            module.eval()
+
+    def train(self, mode: bool = True) -> "MultiExitModule":
+        super().train(mode)
+        self._hold_frozen_in_eval()
+        return self
+
+    def on_train_epoch_start(self) -> None:  # Lightning restores per-module modes itself, without train()
+        self._hold_frozen_in_eval()
 
     @property
     def metric_names(self) -> list[str]:
@@ -53,6 +89,9 @@ class MultiExitModule(pl.LightningModule):
     def _shared_step(self, batch: Any, stage: str) -> torch.Tensor:
         x, y = batch
         outputs = self.net(x)
+        if self.teacher is not None:
+            with torch.no_grad():
+                outputs = outputs._replace(teacher=self.teacher(x).logits[-1])
         total, terms = self.criterion(outputs, y)
         on_step = stage == "train"
         self.log(f"{stage}/loss/total", total, on_step=on_step, on_epoch=True, prog_bar=True)
@@ -74,7 +113,8 @@ class MultiExitModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optim = self.hparams.optim
-        optimizer = build(optim["optimizer"], key="optim.optimizer")(self.parameters())
+        trainable = [p for p in self.net.parameters() if p.requires_grad]
+        optimizer = build(optim["optimizer"], key="optim.optimizer")(trainable)
         if not optim.get("scheduler"):
             return optimizer
         scheduler = build(optim["scheduler"], key="optim.scheduler")(optimizer)

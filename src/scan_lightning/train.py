@@ -14,16 +14,16 @@ from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.callbacks import LearningRateMonitor
 
 from scan_lightning.callbacks import ThresholdSearch
-from scan_lightning.config import build, config_dir, to_plain
+from scan_lightning.config import ConfigError, build, config_dir, to_plain
+from scan_lightning.finetune import check_new_tensors_train, load_matching, network_state, read_checkpoint
 from scan_lightning.inference.analysis import save_thresholds
 from scan_lightning.inference.cost import measure_costs
 from scan_lightning.inference.timing import first_images, measure_wall_clock
 from scan_lightning.module import MultiExitModule
+from scan_lightning.phases import SUMMARY, run_phases
 from scan_lightning.report import exit_rows, print_dynamic_summary, print_exit_table
 
 
-class ConfigError(ValueError):
-    """The run's configuration was rejected before any work started."""
 
 
 def _describe(err: BaseException) -> str:
@@ -41,27 +41,56 @@ def _build_group(cfg: DictConfig | None) -> list:
     return [build(node) for node in (cfg or {}).values() if node is not None and "_target_" in node]
 
 
-def build_module(cfg: DictConfig) -> MultiExitModule:
-    """The LightningModule from plain, resolved copies of the model, loss and optim configs."""
-    return MultiExitModule(model=to_plain(cfg.model), loss=to_plain(cfg.loss), optim=to_plain(cfg.optim),
-                           run_config=to_plain(cfg))
+def build_module(cfg: DictConfig, teacher_model: dict | None = None) -> MultiExitModule:
+    """The LightningModule from plain, resolved copies of the model, loss and optim configs.
+
+    ``teacher`` and ``init_from`` checkpoints are read and loaded here; ``teacher_model`` instead builds
+    the teacher's architecture without weights (to check a later phase's config before its teacher exists).
+    """
+    teacher_ckpt = read_checkpoint(cfg.teacher) if cfg.get("teacher") and teacher_model is None else None
+    if teacher_ckpt is not None:
+        teacher_model = teacher_ckpt["hyper_parameters"]["model"]
+    trainable = cfg.get("trainable")
+    module = MultiExitModule(model=to_plain(cfg.model), loss=to_plain(cfg.loss), optim=to_plain(cfg.optim),
+                             run_config=to_plain(cfg), trainable=list(trainable) if trainable else None,
+                             teacher_model=teacher_model)
+    if teacher_ckpt is not None:
+        module.teacher.load_state_dict(network_state(teacher_ckpt))
+    if cfg.get("init_from"):
+        new = load_matching(module.net, network_state(read_checkpoint(cfg.init_from)))
+        check_new_tensors_train(module.net, new)
+        if new:
+            print(f"init_from: {len(new)} tensors are not in {cfg.init_from} and start fresh: {', '.join(new[:6])}"
+                  f"{' ...' if len(new) > 6 else ''}")
+    return module
+
+
+def prepare(cfg: DictConfig, teacher_model: dict | None = None) -> tuple[MultiExitModule, pl.LightningDataModule,
+                                                                        pl.Trainer]:
+    """Build everything that can reject the config, before any data is touched or training starts."""
+    try:
+        module = build_module(cfg, teacher_model)
+        datamodule = build(cfg.data)
+        callbacks, loggers = _build_group(cfg.get("callbacks")), _build_group(cfg.get("logger"))
+        if not loggers:  # Lightning refuses an LR monitor without a logger
+            callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
+        trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        datamodule.prepare_data()  # missing data is reported here, before the run starts
+    except (InstantiationException, OmegaConfBaseException, ValueError, TypeError, FileNotFoundError) as err:
+        raise ConfigError(_describe(err)) from err
+    return module, datamodule, trainer
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, test the selected checkpoint, print the per-exit table. Returns the final metrics."""
+    """Fit, test the selected checkpoint, print the per-exit table. Returns the final metrics.
+
+    With ``phases`` set, runs each phase in turn (see :mod:`scan_lightning.phases`).
+    """
+    if cfg.get("phases"):
+        return run_phases(cfg, run=train, prepare=prepare)
     try:
         pl.seed_everything(cfg.seed, workers=True)
-        # Everything that can reject the config is built before any data is touched or training starts.
-        try:
-            module = build_module(cfg)
-            datamodule = build(cfg.data)
-            callbacks, loggers = _build_group(cfg.get("callbacks")), _build_group(cfg.get("logger"))
-            if not loggers:  # Lightning refuses an LR monitor without a logger
-                callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
-            trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-            datamodule.prepare_data()  # missing data is reported here, before the run starts
-        except (InstantiationException, OmegaConfBaseException, ValueError, TypeError, FileNotFoundError) as err:
-            raise ConfigError(_describe(err)) from err
+        module, datamodule, trainer = prepare(cfg)
 
         out_dir = Path(cfg.paths.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -69,23 +98,33 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        cb = trainer.checkpoint_callback
+        best = cb.best_model_path if cb is not None else ""
         if cfg.get("test"):
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
             if trainer.is_global_zero:
                 report_exits(module, cfg, metrics, out_dir)
-        search = next((cb for cb in trainer.callbacks if isinstance(cb, ThresholdSearch)), None)
+        search = next((c for c in trainer.callbacks if isinstance(c, ThresholdSearch)), None)
         if trainer.is_global_zero and search is not None and search.result is not None:
             wall = report_dynamic(search, datamodule, cfg)
             for logger in trainer.loggers:
                 logger.log_metrics(wall, step=trainer.global_step)
                 logger.save()
             metrics.update(wall)
+        if trainer.is_global_zero:
+            last = Path(cb.dirpath) / "last.ckpt" if cb is not None and cb.dirpath else None
+            write_summary(out_dir, metrics, best or (str(last) if last and last.is_file() else None))
         return metrics
     finally:
         if "wandb" in sys.modules:
             sys.modules["wandb"].finish()
+
+
+def write_summary(out_dir: Path, metrics: dict[str, float], checkpoint: str | None) -> None:
+    """``summary.json``: the final metrics and the selected checkpoint; written last, so it marks a finished run."""
+    summary = {"checkpoint": checkpoint, "metrics": metrics}
+    (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
 
 
 def report_exits(module: MultiExitModule, cfg: DictConfig, metrics: dict[str, float], out_dir: Path) -> None:

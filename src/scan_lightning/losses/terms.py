@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # models.multi_exit imports losses.gradient: import it for ty
 ExitSelection = str | Sequence[int]
 SELECTIONS = ("all", "shallow", "deepest")
 TEACHERS = ("deepest", "ensemble")
+OFA_TEACHERS = ("deepest", "frozen")
 HINT_REDUCTIONS = ("mean", "sum")
 
 
@@ -131,22 +132,31 @@ class FeatureHint(LossTerm):
 class OneForAll(LossTerm):
     """IMTA's One-for-all KD (Eq. 7-8): alpha * CE_i + (1 - alpha) * KL(p_teacher || p_i) at temperature T.
 
-    The teacher is the deepest exit, detached. The KL is averaged over the batch ('batchmean'; the public
-    code's 'mean' also divides by the class count) and, as in the paper, not multiplied by T^2.
+    ``teacher="deepest"`` (paper): the deepest exit of the same network, detached; ``"frozen"`` (public
+    code): the deepest exit of a frozen network (the training module's ``teacher``, e.g. phase I's).
+    The KL is averaged over the batch ('batchmean'; the public code's 'mean' also divides by the class
+    count) and, as in the paper, not multiplied by T^2. ``alpha=1`` is plain cross-entropy.
     """
 
     def __init__(self, weight: float = 1.0, exits: ExitSelection = "shallow", alpha: float = 0.5,
-                 temperature: float = 1.0) -> None:
+                 temperature: float = 1.0, teacher: str = "deepest") -> None:
         super().__init__(weight, exits)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha={alpha} must lie in [0, 1]")
         if temperature <= 0:
             raise ValueError(f"temperature={temperature} must be > 0")
-        self.alpha, self.temperature = float(alpha), float(temperature)
+        if teacher not in OFA_TEACHERS:
+            raise ValueError(f"teacher={teacher!r} is not allowed; choose one of {OFA_TEACHERS}")
+        self.alpha, self.temperature, self.teacher = float(alpha), float(temperature), teacher
 
     def exit_loss(self, outputs: ExitOutputs, target: torch.Tensor, i: int) -> torch.Tensor:
         t = self.temperature
-        teacher = outputs.logits[-1].detach()
+        if self.teacher == "frozen":
+            if outputs.teacher is None:
+                raise ValueError("OneForAll(teacher='frozen') needs a frozen teacher network (config key: teacher)")
+            teacher = outputs.teacher.detach()
+        else:
+            teacher = outputs.logits[-1].detach()
         kl = F.kl_div(F.log_softmax(outputs.logits[i] / t, 1), F.log_softmax(teacher / t, 1), reduction="batchmean",
                       log_target=True)
         return self.alpha * F.cross_entropy(outputs.logits[i], target) + (1 - self.alpha) * kl

@@ -17,10 +17,12 @@ ISC_TRANSFERS = ("identity", "linear")
 
 
 class ExitOutputs(NamedTuple):
-    """Per-exit logits and pooled features, shallowest first."""
+    """Per-exit logits and pooled features, shallowest first; ``teacher``: a frozen network's deepest
+    logits for the same batch, when the training module has one (IMTA phase II)."""
 
     logits: list[torch.Tensor]
     features: list[torch.Tensor]
+    teacher: torch.Tensor | None = None
 
     @property
     def ensemble(self) -> torch.Tensor:

@@ -1,0 +1,93 @@
+"""Multi-phase runs (IMTA's two-phase schedule): one command, one output dir per phase, resumable.
+
+``phases`` maps a phase name to a config *delta* merged onto the run config (minus ``phases``), in
+order. Inside a delta, ``init_from`` and ``teacher`` may name an earlier phase: they become that phase's
+selected checkpoint. Every phase's config is checked before the first one starts. Rerunning the command
+with the same output dir skips finished phases (their ``summary.json`` exists) and resumes an
+interrupted one from its ``checkpoints/last.ckpt``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from scan_lightning.config import ConfigError, to_plain
+
+PHASE_REFERENCES = ("init_from", "teacher")
+SUMMARY = "summary.json"  # written last by every finished run: its metrics and selected checkpoint
+
+
+def phase_config(cfg: DictConfig, name: str, earlier: list[str], base_dir: Path) -> DictConfig:
+    """The run config of phase ``name``: base config + its delta, output under ``base_dir/name``."""
+    delta = cfg.phases[name]
+    if delta is not None and not isinstance(delta, DictConfig):
+        raise ConfigError(f"phases.{name} must be a mapping of config changes, got {delta!r}")
+    base = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "phases"])
+    phase = OmegaConf.merge(base, delta or {})
+    with open_dict(phase):
+        phase.phases = None
+        phase.paths.output_dir = str(base_dir / name)
+        for key in PHASE_REFERENCES:
+            value = phase.get(key)
+            if value in cfg.phases and value not in earlier:
+                raise ConfigError(f"phases.{name}.{key}={value!r} must name an earlier phase; earlier: {earlier}")
+        if phase.get("logger") and phase.logger.get("wandb") and not phase.logger.wandb.get("name"):
+            phase.logger.wandb.name = f"{cfg.task_name}-{name}"
+    return phase
+
+
+def finished_checkpoint(phase_dir: Path) -> str:
+    """The checkpoint a finished phase selected (tested), from its ``summary.json``."""
+    summary = json.loads((phase_dir / SUMMARY).read_text())
+    if not summary.get("checkpoint"):
+        raise ConfigError(f"phase in {phase_dir} saved no checkpoint (fast_dev_run?); a later phase cannot start from it")
+    return summary["checkpoint"]
+
+
+def check_phases(cfg: DictConfig, base_dir: Path, prepare: Callable) -> dict[str, DictConfig]:
+    """Compose and build every phase (a later phase's teacher from the earlier phase's model config)."""
+    phases: dict[str, DictConfig] = {}
+    for name in cfg.phases:
+        phase = phase_config(cfg, name, list(phases), base_dir)
+        teacher = phase.get("teacher")
+        teacher_model = to_plain(phases[teacher].model) if teacher in phases else None
+        check = phase.copy()
+        with open_dict(check):
+            if check.get("init_from") in phases:
+                check.init_from = None   # weights of an earlier phase do not exist yet; shapes are checked when loaded
+        prepare(check, teacher_model)
+        phases[name] = phase
+    return phases
+
+
+def run_phases(cfg: DictConfig, run: Callable[[DictConfig], dict[str, float]], prepare: Callable
+               ) -> dict[str, float]:
+    """Run the phases in order with ``run`` (train one config) after checking each with ``prepare``
+    (build module, data and trainer); return the last phase's metrics."""
+    base_dir = Path(cfg.paths.output_dir)
+    if not isinstance(cfg.phases, DictConfig) or not cfg.phases:
+        raise ConfigError(f"phases must map phase names to config changes, got {cfg.phases!r}")
+    phases = check_phases(cfg, base_dir, prepare)
+    base_dir.mkdir(parents=True, exist_ok=True)
+    (base_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    metrics: dict[str, float] = {}
+    for i, (name, phase) in enumerate(phases.items(), 1):
+        phase_dir = base_dir / name
+        if (phase_dir / SUMMARY).is_file():
+            print(f"== phase {name} ({i}/{len(phases)}) already finished in {phase_dir}: skipped")
+            metrics = json.loads((phase_dir / SUMMARY).read_text())["metrics"]
+            continue
+        with open_dict(phase):
+            for key in PHASE_REFERENCES:
+                if phase.get(key) in phases:
+                    phase[key] = finished_checkpoint(base_dir / phase[key])
+            last = phase_dir / "checkpoints" / "last.ckpt"
+            if last.is_file() and not phase.get("ckpt_path"):
+                phase.ckpt_path = str(last)
+        resumed = f", resuming from {phase.ckpt_path}" if phase.get("ckpt_path") else ""
+        print(f"== phase {name} ({i}/{len(phases)}): output in {phase_dir}{resumed}")
+        metrics = run(phase)
+    return metrics
