@@ -8,7 +8,12 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from scan_lightning.inference.analysis import check_search, save_thresholds, search_and_score
+from scan_lightning.finetune import network_state
+from scan_lightning.inference.analysis import (
+    check_search,
+    save_thresholds,
+    search_and_score,
+)
 from scan_lightning.inference.cache import ExitCache, collect_outputs
 from scan_lightning.inference.cost import CostTable, measure_costs
 from scan_lightning.models.multi_exit import MultiExitNetwork
@@ -21,9 +26,8 @@ def best_network(trainer: pl.Trainer, pl_module: pl.LightningModule) -> MultiExi
     best = cb.best_model_path if cb is not None else ""
     if not best:
         return pl_module.net
-    state = torch.load(best, map_location=pl_module.device, weights_only=True)["state_dict"]
     net = copy.deepcopy(pl_module.net)
-    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
+    net.load_state_dict(network_state(torch.load(best, map_location=pl_module.device, weights_only=True)))
     return net
 
 
