@@ -24,8 +24,6 @@ from scan_lightning.phases import SUMMARY, run_phases
 from scan_lightning.report import exit_rows, print_dynamic_summary, print_exit_table
 
 
-
-
 def _describe(err: BaseException) -> str:
     """The innermost cause's message, and the config key it came from."""
     keys = re.findall(r"full_key: (\S+)", str(err))
