@@ -142,3 +142,16 @@ def test_feature_hint_on_unequal_exit_widths_is_rejected_before_training(make_cf
     with pytest.raises(ConfigError, match="loss term 'hint': the feature hint needs equal feature widths; exit 0"):
         train(cfg)
     assert not (tmp_path / "out").exists()
+
+
+def test_describe_counts_like_the_public_op_counter(make_cfg, capsys):
+    from omegaconf import open_dict
+
+    from scan_lightning.describe import describe
+
+    cfg = make_cfg("model=msdnet_cifar_budgeted", "data=cifar100")
+    with open_dict(cfg):
+        cfg.count_elementwise = True
+    costs = describe(cfg)
+    assert costs.exits[0].cumulative_macs / 1e6 == pytest.approx(6.86, rel=0.01)
+    assert "MSDNet op-counter convention" in capsys.readouterr().out

@@ -1,4 +1,8 @@
-"""Print a model's per-exit cost table without training: ``python -m scan_lightning.describe model=... data=...``."""
+"""Print a model's per-exit cost table without training: ``python -m scan_lightning.describe model=... data=...``.
+
+``+count_elementwise=true`` counts like the MSDNet/IMTA op counter (ReLU, pooling and bias ops on top of
+conv/linear MACs), the unit of their published figures.
+"""
 from __future__ import annotations
 
 import hydra
@@ -12,9 +16,11 @@ from scan_lightning.report import exit_rows, print_exit_table
 def describe(cfg: DictConfig) -> CostTable:
     """Build ``cfg.model`` for ``cfg.data``'s input shape; print cumulative MACs and params per exit."""
     net = build(cfg.model)
-    costs = measure_costs(net, (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size))
+    elementwise = bool(cfg.get("count_elementwise"))
+    costs = measure_costs(net, (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size), elementwise)
     name = cfg.model.backbone.get("model") or cfg.model.backbone.name
-    print_exit_table(exit_rows(costs, {}), f"{name} at {cfg.data.image_size}px, {cfg.data.num_classes} classes",
+    unit = " (MSDNet op-counter convention)" if elementwise else ""
+    print_exit_table(exit_rows(costs, {}), f"{name} at {cfg.data.image_size}px, {cfg.data.num_classes} classes{unit}",
                      costs.plain_macs)
     plain_params = count_params(net.backbone) + count_params(net.heads[-1])
     print(f"plain network (backbone + final classifier): {plain_params / 1e6:.2f} M params, "
