@@ -87,6 +87,18 @@ def compute_all_then_choose(net, x, thresholds, fallback="ensemble"):
     return torch.tensor(preds), torch.tensor(exits)
 
 
+def assert_predictor_matches_median_thresholds(net, x: torch.Tensor) -> None:
+    """At each exit's median confidence, the real predictor takes the same exits and answers as
+    computing every exit; at least two different exits are used."""
+    with torch.no_grad():
+        conf = torch.stack([exit_confidence(lg)[0] for lg in net(x).logits])
+    thresholds = conf.median(1).values.tolist()
+    result = EarlyExitPredictor(net, thresholds, measure_costs(net, tuple(x.shape[1:])))(x)
+    pred, exits = compute_all_then_choose(net, x, thresholds)
+    assert torch.equal(result.exit_index, exits) and torch.equal(result.prediction, pred)
+    assert len(set(exits.tolist())) >= 2
+
+
 @pytest.mark.parametrize("batch", [1, 64])
 @pytest.mark.parametrize("seed,fallback", [(0, "ensemble"), (1, "ensemble"), (2, "deepest"), (3, "deepest")])
 def test_predictor_equals_compute_all_then_choose(batch, seed, fallback):

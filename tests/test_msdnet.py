@@ -9,12 +9,13 @@ from torch import nn
 from torchvision import datasets
 
 from scan_lightning.config import build
-from scan_lightning.inference import EarlyExitPredictor, exit_confidence, measure_costs
+from scan_lightning.inference import measure_costs
 from scan_lightning.inference.deploy import fold_batchnorm
 from scan_lightning.models import MultiExitNetwork, build_backbone
 from scan_lightning.train import train
 from tests.test_data import write_cifar100
-from tests.test_inference import compute_all_then_choose
+from tests.test_imta import section_output_grads
+from tests.test_inference import assert_predictor_matches_median_thresholds
 from tests.test_zoo import make_image_folder
 
 # method-facts.md: cumulative M ops per exit on CIFAR-100 (conv+linear MACs, ReLU/pool element counts,
@@ -71,25 +72,10 @@ def test_ge_gives_each_blocks_coarsest_map_the_mean_of_its_exit_gradients():
     torch.manual_seed(0)
     net = small_msdnet().double().eval()
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
-
-    def coarse_grads(exits: list[int]) -> list[torch.Tensor]:
-        kept = []
-
-        def keep(module, inputs, output) -> None:
-            output[-1].retain_grad()
-            kept.append(output[-1])
-
-        hooks = [s.register_forward_hook(keep) for s in net.sections]
-        out = net(x)
-        sum(out.logits[j].square().mean() for j in exits).backward()
-        for h in hooks:
-            h.remove()
-        return [torch.zeros_like(o) if o.grad is None else o.grad.clone() for o in kept]
-
     k = net.num_exits
-    per_exit = [coarse_grads([j]) for j in range(k)]
+    per_exit = [section_output_grads(net, x, [j]) for j in range(k)]
     net.gradient_equilibrium = True
-    with_ge = coarse_grads(list(range(k)))
+    with_ge = section_output_grads(net, x, list(range(k)))
     for i in range(k):
         torch.testing.assert_close(with_ge[i], torch.stack([per_exit[j][i] for j in range(i, k)]).mean(0),
                                    atol=1e-6, rtol=1e-6)
@@ -100,13 +86,7 @@ def test_real_early_exit_on_multi_scale_sections(isc):
     torch.manual_seed(1)
     net = small_msdnet(isc=isc).eval()
     x = torch.randn(48, 3, 16, 16) * 3
-    with torch.no_grad():
-        conf = torch.stack([exit_confidence(lg)[0] for lg in net(x).logits])
-    thresholds = conf.median(1).values.tolist()
-    result = EarlyExitPredictor(net, thresholds, measure_costs(net, (3, 16, 16)))(x)
-    pred, exits = compute_all_then_choose(net, x, thresholds)
-    assert torch.equal(result.exit_index, exits) and torch.equal(result.prediction, pred)
-    assert len(set(exits.tolist())) >= 2
+    assert_predictor_matches_median_thresholds(net, x)
     folded = fold_batchnorm(net)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.backbone.modules())
     with torch.no_grad():

@@ -49,6 +49,7 @@ def build_module(cfg: DictConfig, teacher_model: dict | None = None) -> MultiExi
     if teacher_ckpt is not None:
         teacher_model = teacher_ckpt["hyper_parameters"]["model"]
     trainable = cfg.get("trainable")
+    trainable = [trainable] if isinstance(trainable, str) else trainable
     module = MultiExitModule(model=to_plain(cfg.model), loss=to_plain(cfg.loss), optim=to_plain(cfg.optim),
                              run_config=to_plain(cfg), trainable=list(trainable) if trainable else None,
                              teacher_model=teacher_model)
