@@ -113,3 +113,14 @@ def test_ablation_table_script(tmp_path):
     assert rows[1].startswith("| x | identity | x | 90.10 | 90.20 | 90.00 |")
     assert json.loads((tmp_path / "t.json").read_text())["rows"][1]["phase1"] == [80.1, 80.2]
     assert table.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_paper_experiment_smoke_runs_both_phases_under_fast_dev_run(make_cfg, tmp_path):
+    cfg = make_cfg("experiment=imta_msdnet_cifar100", "data=synthetic", "data.num_classes=100", "data.batch_size=8",
+                   "trainer.fast_dev_run=true", "measure_wall_clock=false")
+    metrics = train(cfg)
+    assert "test/acc/exit7" in metrics
+    out = tmp_path / "out"
+    phase1 = phase_checkpoint(out, "phase1")        # no best checkpoint under fast_dev_run: the final weights
+    assert torch.load(phase1, weights_only=True)["hyper_parameters"]["model"]["gradient_equilibrium"] is True
+    assert (out / "phase2" / "summary.json").is_file()

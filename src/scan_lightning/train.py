@@ -111,13 +111,25 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 logger.log_metrics(wall, step=trainer.global_step)
                 logger.save()
             metrics.update(wall)
+        checkpoint = best or final_checkpoint(trainer, out_dir)   # every rank: saving is collective under DDP
         if trainer.is_global_zero:
-            last = Path(cb.dirpath) / "last.ckpt" if cb is not None and cb.dirpath else None
-            write_summary(out_dir, metrics, best or (str(last) if last and last.is_file() else None))
+            write_summary(out_dir, metrics, checkpoint)
         return metrics
     finally:
         if "wandb" in sys.modules:
             sys.modules["wandb"].finish()
+
+
+def final_checkpoint(trainer: pl.Trainer, out_dir: Path) -> str:
+    """``last.ckpt`` when checkpointing ran; else (fast_dev_run, no checkpoint callback) the final weights, saved
+    now so a later phase can start from them."""
+    cb = trainer.checkpoint_callback
+    last = Path(cb.dirpath) / "last.ckpt" if cb is not None and cb.dirpath else None
+    if last is not None and last.is_file():
+        return str(last)
+    path = out_dir / "checkpoints" / "final.ckpt"
+    trainer.save_checkpoint(path, weights_only=True)
+    return str(path)
 
 
 def write_summary(out_dir: Path, metrics: dict[str, float], checkpoint: str | None) -> None:
