@@ -85,6 +85,10 @@ class MultiExitModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         if self.global_rank == 0:
             print(f"objective: {self.criterion}")
+            if self.trainable_names is not None:
+                total = sum(1 for _ in self.net.parameters())
+                print(f"trainable: {len(self.trainable_names)} of {total} parameter tensors "
+                      f"({self.hparams.trainable}); {len(self._frozen_norms)} BatchNorm layers frozen")
 
     def _shared_step(self, batch: Any, stage: str) -> torch.Tensor:
         x, y = batch
