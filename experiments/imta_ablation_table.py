@@ -38,13 +38,13 @@ def collect(sweep_dir: Path) -> list[dict]:
     return sorted(rows, key=lambda r: (r["ge"] + (r["isc"] != "off") + r["ofa"], not r["ge"], r["isc"] == "off"))
 
 
-def markdown(rows: list[dict], command: str) -> str:
+def markdown(rows: list[dict], command: str, note: str = "") -> str:
     k = len(rows[0]["phase2"])
     mark = {True: "x", False: "", "off": ""}
     lines = [
         "# IMTA ablation (Table 2 layout) on Fashion-MNIST, CPU scale",
         "",
-        f"Made by: `{command}`",
+        f"Made by: `{command}`" + (f" ({note})" if note else ""),
         "",
         "Test top-1 (%) per exit after phase II (checkpoint selected on the 5,000-image validation split);",
         "`phase I` = the same run's network before phase II. Single seed: differences below ~0.5 points are noise.",
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--out", type=Path, default=Path("experiments/results/imta_ablation_fashion"))
     parser.add_argument("--command", default="python -m scan_lightning.train -m experiment=imta_ablation_fashion")
+    parser.add_argument("--note", default="", help="provenance to print after the command (commit, machine, time)")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         print(f"sweep_dir {str(args.sweep_dir)!r} is not a directory", file=sys.stderr)
@@ -74,9 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no finished jobs (phase2/summary.json) under {args.sweep_dir}", file=sys.stderr)
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    text = markdown(rows, args.command)
+    text = markdown(rows, args.command, args.note)
     args.out.with_suffix(".md").write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps({"command": args.command, "rows": rows}, indent=2))
+    summary = {"command": args.command, "note": args.note, "rows": rows}
+    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     print(text)
     return 0
 
