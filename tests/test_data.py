@@ -111,6 +111,13 @@ def test_cifar100_through_torchvision(tmp_path, monkeypatch):
     assert "Random" not in repr(dm.val_set.dataset.transform)
 
 
+def test_cifar_missing_says_where_and_what_to_do(tmp_path):
+    dm = CIFARDataModule(data_dir=str(tmp_path), variant="cifar100", num_classes=100, in_channels=3, image_size=32,
+                         val_size=8)
+    with pytest.raises(FileNotFoundError, match="cifar100 not found in data_dir=.*cifar-100-python/.*data.download=true"):
+        dm.prepare_data()
+
+
 def test_cifar_bad_variant():
     with pytest.raises(ValueError, match="data.variant='cifar1000'"):
         CIFARDataModule(data_dir=".", variant="cifar1000", num_classes=100, in_channels=3, image_size=32, val_size=8)

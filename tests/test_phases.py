@@ -58,7 +58,7 @@ def test_rerun_skips_finished_phases_and_resumes_an_interrupted_one(make_cfg, tm
 
 
 def test_a_bad_later_phase_is_rejected_before_the_first_starts(make_cfg, tmp_path):
-    with pytest.raises(ConfigError, match="alpha=1.5 must lie in"):
+    with pytest.raises(ConfigError, match="phase phase2: alpha=1.5 must lie in"):
         train(make_cfg(*TINY, "imta.alpha=1.5"))
     assert not (tmp_path / "out" / "phase1").exists()
     with pytest.raises(ConfigError, match="phases.phase2.init_from='phase3' must name an earlier phase"):

@@ -45,7 +45,8 @@ def finished_checkpoint(phase_dir: Path) -> str:
 
 
 def check_phases(cfg: DictConfig, base_dir: Path, prepare: Callable) -> dict[str, DictConfig]:
-    """Compose and build every phase (a later phase's teacher from the earlier phase's model config)."""
+    """Compose and build every phase, touching no data (a later phase's teacher from the earlier phase's model
+    config), so a bad setting in any phase stops the run before the first one starts."""
     phases: dict[str, DictConfig] = {}
     for name in cfg.phases:
         phase = phase_config(cfg, name, list(phases), base_dir)
@@ -55,7 +56,10 @@ def check_phases(cfg: DictConfig, base_dir: Path, prepare: Callable) -> dict[str
         with open_dict(check):
             if check.get("init_from") in phases:
                 check.init_from = None   # weights of an earlier phase do not exist yet; shapes are checked when loaded
-        prepare(check, teacher_model)
+        try:
+            prepare(check, teacher_model, check_data=False)   # each phase checks its data when it starts
+        except ConfigError as err:
+            raise ConfigError(f"phase {name}: {err}") from None
         phases[name] = phase
     return phases
 

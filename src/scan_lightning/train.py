@@ -64,9 +64,10 @@ def build_module(cfg: DictConfig, teacher_model: dict | None = None) -> MultiExi
     return module
 
 
-def prepare(cfg: DictConfig, teacher_model: dict | None = None) -> tuple[MultiExitModule, pl.LightningDataModule,
-                                                                        pl.Trainer]:
-    """Build everything that can reject the config, before any data is touched or training starts."""
+def prepare(cfg: DictConfig, teacher_model: dict | None = None, check_data: bool = True
+            ) -> tuple[MultiExitModule, pl.LightningDataModule, pl.Trainer]:
+    """Build everything that can reject the config, then (``check_data``) check the data is there - all before
+    training starts."""
     try:
         module = build_module(cfg, teacher_model)
         datamodule = build(cfg.data)
@@ -74,7 +75,8 @@ def prepare(cfg: DictConfig, teacher_model: dict | None = None) -> tuple[MultiEx
         if not loggers:  # Lightning refuses an LR monitor without a logger
             callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
         trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-        datamodule.prepare_data()  # missing data is reported here, before the run starts
+        if check_data:
+            datamodule.prepare_data()  # missing data is reported here, before the run starts
     except (InstantiationException, OmegaConfBaseException, ValueError, TypeError, FileNotFoundError) as err:
         raise ConfigError(_describe(err)) from err
     return module, datamodule, trainer

@@ -24,7 +24,13 @@ class CIFARDataModule(SplitDataModule):
 
     def prepare_data(self) -> None:
         for train in (True, False):
-            DATASETS[self.variant](self.data_dir, train=train, download=self.download)
+            try:
+                DATASETS[self.variant](self.data_dir, train=train, download=self.download)
+            except RuntimeError:  # torchvision's "Dataset not found or corrupted"
+                folder = DATASETS[self.variant].base_folder
+                raise FileNotFoundError(
+                    f"{self.variant} not found in data_dir={self.data_dir!r}: put torchvision's python version there "
+                    f"({folder}/), or set data.download=true where the internet is reachable") from None
 
     def make_dataset(self, train: bool, transform) -> Dataset:
         return DATASETS[self.variant](self.data_dir, train=train, transform=transform)
