@@ -2,7 +2,8 @@
 
 Trains nothing. Two networks are built untrained from the configs: the quickstart's
 (model=resnet18_cpu, data=fashion_mnist: 1x28x28, ~7 M MACs, overhead-bound on a CPU) and the paper's
-SCAN ResNet18 (model=resnet18, data=cifar100: 3x32x32, ~0.56 G MACs, compute-bound). The exit mix is
+SCAN ResNet18 (model=resnet18, data=cifar100: 3x32x32, ~0.56 G MACs, compute-bound), and the 7-exit
+MSDNet of IMTA (model=msdnet_cifar_anytime: ~52 M MACs, its classifiers are part of the design). The exit mix is
 forced with budgeted thresholds (MSDNet proportions for several p) computed on the benchmark images
 themselves, so each sweep point sends a known share of samples to each exit. ``--ckpt`` benchmarks a
 trained checkpoint instead (same procedure, its input shape).
@@ -39,6 +40,7 @@ from scan_lightning.inference.deploy import fold_batchnorm
 NETWORKS = {  # name: (overrides, images per batch size)
     "quickstart resnet18_cpu @ fashion_mnist": (["model=resnet18_cpu", "data=fashion_mnist"], 1024),
     "SCAN resnet18 @ cifar100": (["model=resnet18", "data=cifar100"], 256),
+    "IMTA msdnet_cifar_anytime @ cifar100": (["model=msdnet_cifar_anytime", "data=cifar100"], 256),
 }
 
 
