@@ -61,6 +61,10 @@ def test_a_bad_later_phase_is_rejected_before_the_first_starts(make_cfg, tmp_pat
     with pytest.raises(ConfigError, match="phase phase2: alpha=1.5 must lie in"):
         train(make_cfg(*TINY, "imta.alpha=1.5"))
     assert not (tmp_path / "out" / "phase1").exists()
+    # linear ISC adds transfer modules phase I lacks; leaving them out of trainable would keep them random
+    with pytest.raises(ConfigError, match="phase phase2: 28 tensors are not in the checkpoint and would stay frozen.*isc_transfers.0.0.bias"):
+        train(make_cfg(*TINY, "imta.isc=linear", "phases.phase2.trainable=[heads.*.fc.*]"))
+    assert not (tmp_path / "out" / "phase1").exists()
     with pytest.raises(ConfigError, match="phases.phase2.init_from='phase3' must name an earlier phase"):
         train(make_cfg(*TINY, "+phases.phase3={}", "phases.phase2.init_from=phase3"))
 

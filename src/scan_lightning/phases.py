@@ -14,7 +14,8 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from scan_lightning.config import ConfigError, to_plain
+from scan_lightning.config import ConfigError, build, to_plain
+from scan_lightning.finetune import check_new_tensors_train, load_matching
 
 PHASE_REFERENCES = ("init_from", "teacher")
 SUMMARY = "summary.json"  # written last by every finished run: its metrics and selected checkpoint
@@ -53,12 +54,15 @@ def check_phases(cfg: DictConfig, base_dir: Path, prepare: Callable) -> dict[str
         teacher = phase.get("teacher")
         teacher_model = to_plain(phases[teacher].model) if teacher in phases else None
         check = phase.copy()
+        source = phases.get(phase.get("init_from"))
         with open_dict(check):
-            if check.get("init_from") in phases:
-                check.init_from = None   # weights of an earlier phase do not exist yet; shapes are checked when loaded
+            if source is not None:
+                check.init_from = None   # an earlier phase's weights do not exist yet: match its architecture instead
         try:
-            prepare(check, teacher_model, check_data=False)   # each phase checks its data when it starts
-        except ConfigError as err:
+            module, _, _ = prepare(check, teacher_model, check_data=False)   # each phase checks its data when it starts
+            if source is not None:
+                check_new_tensors_train(module.net, load_matching(module.net, build(source.model).state_dict()))
+        except (ConfigError, ValueError) as err:
             raise ConfigError(f"phase {name}: {err}") from None
         phases[name] = phase
     return phases
