@@ -157,6 +157,5 @@ class OneForAll(LossTerm):
             teacher = outputs.teacher.detach()
         else:
             teacher = outputs.logits[-1].detach()
-        kl = F.kl_div(F.log_softmax(outputs.logits[i] / t, 1), F.log_softmax(teacher / t, 1), reduction="batchmean",
-                      log_target=True)
+        kl = kd_kl(outputs.logits[i], teacher, t) / (t * t)   # the paper's OFA has no T^2 factor
         return self.alpha * F.cross_entropy(outputs.logits[i], target) + (1 - self.alpha) * kl

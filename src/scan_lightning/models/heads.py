@@ -8,9 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int, padding: int = 0) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+from scan_lightning.models.layers import conv_bn_relu, he_init
 
 
 class AttentionModule(nn.Module):
@@ -22,7 +20,7 @@ class AttentionModule(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.mask = nn.Sequential(
-            *_conv_bn_relu(channels, channels, kernel=3, stride=2, padding=1),
+            *conv_bn_relu(channels, channels, kernel=3, stride=2, padding=1),
             nn.ConvTranspose2d(channels, channels, kernel_size=4, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(channels),
             nn.Sigmoid(),
@@ -46,10 +44,10 @@ class BottleneckHead(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, out_features: int, stride: int, width: int = 128) -> None:
         super().__init__()
-        layers = _conv_bn_relu(in_channels, width, kernel=1, stride=1)
+        layers = conv_bn_relu(in_channels, width, kernel=1, stride=1)
         if stride > 1:
-            layers += _conv_bn_relu(width, width, kernel=stride, stride=stride)
-        layers += _conv_bn_relu(width, out_features, kernel=1, stride=1)
+            layers += conv_bn_relu(width, width, kernel=stride, stride=stride, padding=0)
+        layers += conv_bn_relu(width, out_features, kernel=1, stride=1)
         self.bottleneck = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(out_features, num_classes)
@@ -87,16 +85,12 @@ class MSDNetHead(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, width: int | None = 128) -> None:
         super().__init__()
         width = width or in_channels
-        self.convs = nn.Sequential(*_conv_bn_relu(in_channels, width, kernel=3, stride=2, padding=1),
-                                   *_conv_bn_relu(width, width, kernel=3, stride=2, padding=1))
+        self.convs = nn.Sequential(*conv_bn_relu(in_channels, width, kernel=3, stride=2, padding=1),
+                                   *conv_bn_relu(width, width, kernel=3, stride=2, padding=1))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(width, num_classes)
         self.feature_width = self.fc.in_features
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        he_init(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.convs(x)).flatten(1)

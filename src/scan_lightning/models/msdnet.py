@@ -19,27 +19,11 @@ import torch
 from torch import nn
 
 from scan_lightning.models.backbone import SectionedBackbone, SectionInfo
+from scan_lightning.models.layers import conv_bn_relu, he_init
 from scan_lightning.models.registry import register_backbone
 
 STEP_MODES = ("even", "lin_grow")
 STEMS = ("cifar", "imagenet")
-
-
-def conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
-
-
-def he_init(module: nn.Module) -> None:
-    """He (fan-out) normal init for convs, BN at (1, 0), zero Linear bias."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
 
 
 class DenseConv(nn.Module):
@@ -48,8 +32,8 @@ class DenseConv(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, bottleneck: bool, bn_width: int) -> None:
         super().__init__()
         inner = min(cin, bn_width * cout) if bottleneck else cin
-        layers = [conv_bn_relu(cin, inner, 1)] if bottleneck else []
-        self.body = nn.Sequential(*layers, conv_bn_relu(inner, cout, 3, stride))
+        layers = conv_bn_relu(cin, inner, 1) if bottleneck else []
+        self.body = nn.Sequential(*layers, *conv_bn_relu(inner, cout, 3, stride))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
@@ -61,12 +45,12 @@ class FirstLayer(nn.Module):
     def __init__(self, in_channels: int, widths: Sequence[int], stem: str) -> None:
         super().__init__()
         if stem == "cifar":
-            first = conv_bn_relu(in_channels, widths[0], 3)
+            first = nn.Sequential(*conv_bn_relu(in_channels, widths[0], 3))
         elif stem == "imagenet":
             first = nn.Sequential(*conv_bn_relu(in_channels, widths[0], 7, 2), nn.MaxPool2d(3, 2, 1))
         else:
             raise ValueError(f"stem={stem!r} is not an MSDNet stem; choose one of {STEMS}")
-        self.scales = nn.ModuleList([first] + [conv_bn_relu(a, b, 3, 2) for a, b in zip(widths, widths[1:])])
+        self.scales = nn.ModuleList([first] + [nn.Sequential(*conv_bn_relu(a, b, 3, 2)) for a, b in zip(widths, widths[1:])])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         maps = []
@@ -115,7 +99,7 @@ class Transition(nn.Module):
 
     def __init__(self, cin: int, cout: int, gr_factor: Sequence[int], first: int) -> None:
         super().__init__()
-        self.convs = nn.ModuleList([conv_bn_relu(cin * g, cout * g, 1) for g in gr_factor[first:]])
+        self.convs = nn.ModuleList([nn.Sequential(*conv_bn_relu(cin * g, cout * g, 1)) for g in gr_factor[first:]])
 
     def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
         return [conv(x) for conv, x in zip(self.convs, maps)]

@@ -12,6 +12,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
 from scan_lightning.models.backbone import SectionedBackbone, SectionInfo
+from scan_lightning.models.layers import he_init
 from scan_lightning.models.registry import register_backbone
 
 Stem = Literal["cifar", "imagenet"]
@@ -40,16 +41,6 @@ def _stage(block: type[BasicBlock | Bottleneck], inplanes: int, planes: int, blo
     return nn.Sequential(*layers)
 
 
-def _init_weights(module: nn.Module) -> None:
-    """He init for convs, BN at (1, 0): torchvision's ResNet initialisation."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.constant_(m.weight, 1)
-            nn.init.constant_(m.bias, 0)
-
-
 def build_resnet(
     block: type[BasicBlock | Bottleneck],
     layers: Sequence[int],
@@ -75,7 +66,7 @@ def build_resnet(
         sections.append(nn.Sequential(stem_module, stage) if i == 0 else stage)
         info.append(SectionInfo(name=f"layer{i + 1}", channels=inplanes, reduction=reduction))
     backbone = SectionedBackbone(nn.ModuleList(sections), info)
-    _init_weights(backbone)
+    he_init(backbone)
     return backbone
 
 

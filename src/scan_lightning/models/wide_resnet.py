@@ -9,8 +9,9 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from scan_lightning.models.backbone import SectionedBackbone, SectionInfo
+from scan_lightning.models.layers import he_init
 from scan_lightning.models.registry import register_backbone
-from scan_lightning.models.resnet import Stem, _init_weights, _stage, _stem
+from scan_lightning.models.resnet import Stem, _stage, _stem
 
 
 def build_wide_resnet(depth: int, widen: int, *, stem: Stem = "cifar", in_channels: int = 3,
@@ -30,7 +31,7 @@ def build_wide_resnet(depth: int, widen: int, *, stem: Stem = "cifar", in_channe
         sections.append(nn.Sequential(stem_module, stage) if i == 0 else stage)
         info.append(SectionInfo(f"stage{i + 1}", planes, reduction))
     backbone = SectionedBackbone(nn.ModuleList(sections), info)
-    _init_weights(backbone)
+    he_init(backbone)
     return backbone
 
 
