@@ -57,13 +57,23 @@ def test_rerun_skips_finished_phases_and_resumes_an_interrupted_one(make_cfg, tm
     assert resumed["global_step"] == 2 * first["global_step"]
 
 
-def test_a_bad_later_phase_is_rejected_before_the_first_starts(make_cfg, tmp_path):
+def test_a_bad_later_phase_is_rejected_before_the_first_starts(make_cfg, tmp_path, monkeypatch):
+    from scan_lightning.data import SyntheticDataModule
+
     with pytest.raises(ConfigError, match="phase phase2: alpha=1.5 must lie in"):
         train(make_cfg(*TINY, "imta.alpha=1.5"))
     assert not (tmp_path / "out" / "phase1").exists()
     # linear ISC adds transfer modules phase I lacks; leaving them out of trainable would keep them random
     with pytest.raises(ConfigError, match="phase phase2: 28 tensors are not in the checkpoint and would stay frozen.*isc_transfers.0.0.bias"):
         train(make_cfg(*TINY, "imta.isc=linear", "phases.phase2.trainable=[heads.*.fc.*]"))
+    assert not (tmp_path / "out" / "phase1").exists()
+    def missing_if_noisy(self) -> None:  # stands for a phase-II dataset that is not installed
+        if self.noise == 2.0:
+            raise FileNotFoundError("no data for noise=2.0")
+
+    monkeypatch.setattr(SyntheticDataModule, "prepare_data", missing_if_noisy)
+    with pytest.raises(ConfigError, match="phase phase2: no data for noise=2.0"):  # checked before phase I starts
+        train(make_cfg(*TINY, "+phases.phase2.data={noise: 2.0}"))
     assert not (tmp_path / "out" / "phase1").exists()
     with pytest.raises(ConfigError, match="phases.phase2.init_from='phase3' must name an earlier phase"):
         train(make_cfg(*TINY, "+phases.phase3={}", "phases.phase2.init_from=phase3"))

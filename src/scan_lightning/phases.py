@@ -46,7 +46,7 @@ def finished_checkpoint(phase_dir: Path) -> str:
 
 
 def check_phases(cfg: DictConfig, base_dir: Path, prepare: Callable) -> dict[str, DictConfig]:
-    """Compose and build every phase, touching no data (a later phase's teacher from the earlier phase's model
+    """Compose and build every phase (a later phase's teacher and init_from from the earlier phase's model
     config), so a bad setting in any phase stops the run before the first one starts."""
     phases: dict[str, DictConfig] = {}
     for name in cfg.phases:
@@ -59,7 +59,9 @@ def check_phases(cfg: DictConfig, base_dir: Path, prepare: Callable) -> dict[str
             if source is not None:
                 check.init_from = None   # an earlier phase's weights do not exist yet: match its architecture instead
         try:
-            module, _, _ = prepare(check, teacher_model, check_data=False)   # each phase checks its data when it starts
+            # the first phase's data is checked when it starts; a later phase's here, if it differs
+            other_data = bool(phases) and to_plain(phase.data) != to_plain(next(iter(phases.values())).data)
+            module, _, _ = prepare(check, teacher_model, check_data=other_data)
             if source is not None:
                 check_new_tensors_train(module.net, load_matching(module.net, build(source.model).state_dict()))
         except (ConfigError, ValueError) as err:
