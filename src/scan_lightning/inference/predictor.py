@@ -13,52 +13,14 @@ from typing import Sequence
 import torch
 
 from scan_lightning.inference.cost import CostTable
+from scan_lightning.inference.policy import (  # noqa: F401  (re-exported)
+    FALLBACKS,
+    check_fallback,
+    check_thresholds,
+    choose_exits,
+    exit_confidence,
+)
 from scan_lightning.models.multi_exit import MultiExitNetwork, exit_input, take_samples
-
-FALLBACKS = ("ensemble", "deepest")
-
-
-def check_fallback(fallback: str) -> str:
-    if fallback not in FALLBACKS:
-        raise ValueError(f"fallback={fallback!r} is not allowed; choose one of {FALLBACKS}")
-    return fallback
-
-
-def check_thresholds(thresholds: Sequence[float], num_exits: int, temperatures: Sequence[float] | None = None) -> None:
-    """One clear error for thresholds outside (0, 1], a wrong count, or temperatures <= 0."""
-    values = [float(t) for t in thresholds]
-    if len(values) != num_exits:
-        raise ValueError(f"got {len(values)} thresholds {values}, but the network has {num_exits} exits: "
-                         f"give one threshold per exit")
-    bad = [t for t in values if not 0.0 < t <= 1.0]
-    if bad:
-        raise ValueError(f"thresholds {bad} are outside (0, 1]; every threshold must satisfy 0 < t <= 1")
-    if temperatures is not None:
-        temps = [float(t) for t in temperatures]
-        if len(temps) != num_exits or any(t <= 0 for t in temps):
-            raise ValueError(f"temperatures {temps} must be {num_exits} values > 0")
-
-
-def exit_confidence(logits: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Max softmax probability at ``temperature`` and the predicted class, per sample."""
-    return torch.softmax(logits.float() / temperature, dim=-1).max(dim=-1)
-
-
-def choose_exits(confidence: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-    """First exit whose confidence beats its threshold; ``K`` (the ensemble) when none does.
-
-    ``confidence``: (K, N). ``thresholds``: (K,) or (P, K) for a population. Returns (N,) or (P, N).
-    """
-    k = confidence.shape[0]
-    thr = thresholds.reshape(-1, k)
-    undecided = torch.ones((thr.shape[0], confidence.shape[1]), dtype=torch.bool)
-    chosen = torch.zeros(undecided.shape, dtype=torch.uint8)
-    for i in range(k):                       # count the exits a sample passes without firing
-        undecided &= confidence[i][None] <= thr[:, i, None]
-        chosen += undecided
-    chosen = chosen.long()
-    return chosen if thresholds.dim() == 2 else chosen[0]
-
 
 @dataclass
 class EarlyExitResult:

@@ -56,6 +56,37 @@ def _per_shallow_exit(value, n: int, name: str, allowed: tuple | None = None) ->
     return values
 
 
+class ExitBranch(nn.Module):
+    """One exit: [attention] -> head -> logits, and with ISC the previous exit's logits joined in.
+
+    ``forward(h, previous)`` takes a section's output (a tensor, or a multi-scale list whose coarsest map the
+    exit reads) and, when ``isc`` is set, the previous exit's logits for the same samples; it returns
+    ``(logits, feature)``. It holds the network's own modules, so it shares their weights.
+    """
+
+    def __init__(self, head: nn.Module, attention: nn.Module | None = None, transfer: nn.Module | None = None,
+                 isc: str | None = None, isc_detach: bool = True) -> None:
+        super().__init__()
+        self.attention = attention
+        self.head = head
+        self.transfer = transfer
+        self.isc, self.isc_detach = isc, isc_detach
+
+    def forward(self, h: SectionOutput, previous: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = exit_input(h)
+        if self.attention is not None:
+            h = self.attention(h)
+        feature = self.head.features(h)
+        if self.isc is None:
+            return self.head.fc(feature), feature
+        if previous is None:
+            raise ValueError(f"this exit needs the previous exit's logits (model.isc={self.isc!r})")
+        prior = previous.detach() if self.isc_detach else previous
+        if self.isc == "identity":
+            return self.head.fc(feature) + prior, feature
+        return self.head.fc(torch.cat([feature, self.transfer(prior)], dim=1)), feature
+
+
 class MultiExitNetwork(nn.Module):
     """Backbone sections, an exit after each: shallow exits = [attention] + head, deep exit = pool + linear.
 
@@ -147,25 +178,23 @@ class MultiExitNetwork(nn.Module):
     def sections(self) -> nn.ModuleList:
         return self.backbone.sections
 
+    def exit_branch(self, i: int) -> "ExitBranch":
+        """Exit ``i`` (0-based) as one module over this network's own submodules: its attention module (shallow
+        exits that have one), its head and its ISC transfer (exits after the first, with ``isc="linear"``).
+        Cost counting, BatchNorm folding and export work on this, never on the attribute names inside."""
+        if not 0 <= i < self.num_exits:
+            raise IndexError(f"exit {i} does not exist; this network has exits 0..{self.num_exits - 1}")
+        attention = self.attentions[i] if i < len(self.attentions) else None
+        transfer = self.isc_transfers[i - 1] if self.isc == "linear" and i > 0 else None
+        return ExitBranch(self.heads[i], attention, transfer, self.isc if i > 0 else None, self.isc_detach)
+
     def forward_exit(self, i: int, h: SectionOutput, previous: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and feature of exit ``i`` (0-based) from section ``i``'s output ``h``.
 
         ``previous``: exit ``i - 1``'s logits for the same samples, used when ISC is on.
         """
-        h = exit_input(h)
-        if i < len(self.attentions):
-            h = self.attentions[i](h)
-        head = self.heads[i]
-        feature = head.features(h)
-        if self.isc is None or i == 0:
-            return head.fc(feature), feature
-        if previous is None:
-            raise ValueError(f"exit {i} needs exit {i - 1}'s logits (model.isc={self.isc!r})")
-        prior = previous.detach() if self.isc_detach else previous
-        if self.isc == "identity":
-            return head.fc(feature) + prior, feature
-        return head.fc(torch.cat([feature, self.isc_transfers[i - 1](prior)], dim=1)), feature
+        return self.exit_branch(i)(h, previous)
 
     def forward(self, x: torch.Tensor) -> ExitOutputs:
         logits, features = [], []

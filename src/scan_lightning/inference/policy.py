@@ -1,0 +1,135 @@
+"""The exit policy of scalable inference (SCAN Algorithm 1): thresholds, temperatures and fallback.
+
+One object, checked once when it is made, that every predictor, cached evaluation, search result and
+exported artefact carries: a sample leaves at the first exit whose max softmax (at that exit's
+temperature) is above the exit's threshold; a sample no exit claims gets the ``fallback``: the ensemble
+(mean of all exits' logits; the paper) or the deepest exit's answer.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+FALLBACKS = ("ensemble", "deepest")
+
+
+def check_fallback(fallback: str) -> str:
+    if fallback not in FALLBACKS:
+        raise ValueError(f"fallback={fallback!r} is not allowed; choose one of {FALLBACKS}")
+    return fallback
+
+
+def check_thresholds(thresholds: Sequence[float], num_exits: int, temperatures: Sequence[float] | None = None) -> None:
+    """One clear error for thresholds outside (0, 1], a wrong count, or temperatures <= 0."""
+    values = [float(t) for t in thresholds]
+    if len(values) != num_exits:
+        raise ValueError(f"got {len(values)} thresholds {values}, but the network has {num_exits} exits: "
+                         f"give one threshold per exit")
+    bad = [t for t in values if not 0.0 < t <= 1.0]
+    if bad:
+        raise ValueError(f"thresholds {bad} are outside (0, 1]; every threshold must satisfy 0 < t <= 1")
+    if temperatures is not None:
+        temps = [float(t) for t in temperatures]
+        if len(temps) != num_exits or any(t <= 0 for t in temps):
+            raise ValueError(f"temperatures {temps} must be {num_exits} values > 0")
+
+
+def exit_confidence(logits: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max softmax probability at ``temperature`` and the predicted class, per sample."""
+    return torch.softmax(logits.float() / temperature, dim=-1).max(dim=-1)
+
+
+def choose_exits(confidence: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """First exit whose confidence beats its threshold; ``K`` (the fallback) when none does.
+
+    ``confidence``: (K, N). ``thresholds``: (K,) or (P, K) for a population. Returns (N,) or (P, N).
+    """
+    k = confidence.shape[0]
+    thr = thresholds.reshape(-1, k)
+    undecided = torch.ones((thr.shape[0], confidence.shape[1]), dtype=torch.bool)
+    chosen = torch.zeros(undecided.shape, dtype=torch.uint8)
+    for i in range(k):                       # count the exits a sample passes without firing
+        undecided &= confidence[i][None] <= thr[:, i, None]
+        chosen += undecided
+    chosen = chosen.long()
+    return chosen if thresholds.dim() == 2 else chosen[0]
+
+
+@dataclass(frozen=True)
+class ExitPolicy:
+    """Thresholds in (0, 1] and temperatures > 0, one per exit, and the fallback; valid once made."""
+
+    thresholds: tuple[float, ...]
+    temperatures: tuple[float, ...]
+    fallback: str = "ensemble"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
+        object.__setattr__(self, "temperatures", tuple(float(t) for t in self.temperatures))
+        check_thresholds(self.thresholds, len(self.thresholds), self.temperatures)
+        check_fallback(self.fallback)
+
+    @classmethod
+    def create(cls, thresholds: Sequence[float], temperatures: Sequence[float] | None = None,
+               fallback: str = "ensemble", num_exits: int | None = None) -> "ExitPolicy":
+        """Temperatures default to 1; ``num_exits`` checks the policy fits a network."""
+        thresholds = [float(t) for t in thresholds]
+        policy = cls(tuple(thresholds), tuple(temperatures if temperatures is not None else [1.0] * len(thresholds)),
+                     fallback)
+        return policy.for_exits(num_exits) if num_exits is not None else policy
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.thresholds)
+
+    def for_exits(self, num_exits: int, source: str = "the policy") -> "ExitPolicy":
+        """This policy, after checking it has one threshold per exit of a network with ``num_exits``."""
+        if self.num_exits != num_exits:
+            raise ValueError(f"{source} holds thresholds for {self.num_exits} exits, but this network has "
+                             f"{num_exits}: it belongs to another model")
+        return self
+
+    def with_temperatures(self, temperatures: Sequence[float]) -> "ExitPolicy":
+        return ExitPolicy(self.thresholds, tuple(temperatures), self.fallback)
+
+    def with_thresholds(self, thresholds: Sequence[float]) -> "ExitPolicy":
+        return ExitPolicy(tuple(thresholds), self.temperatures, self.fallback)
+
+    def confidence(self, logits: torch.Tensor, exit_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Max softmax at exit ``exit_index``'s temperature, and the predicted class."""
+        return exit_confidence(logits, self.temperatures[exit_index])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"thresholds": list(self.thresholds), "temperatures": list(self.temperatures),
+                "fallback": self.fallback}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], num_exits: int | None = None,
+                  source: str = "the policy") -> "ExitPolicy":
+        """From ``{"thresholds", "temperatures"?, "fallback"?}`` (the layout of ``thresholds.json``)."""
+        if "thresholds" not in data:
+            raise ValueError(f"{source} has no 'thresholds'")
+        thresholds = list(data["thresholds"])
+        if num_exits is not None and len(thresholds) != num_exits:
+            raise ValueError(f"{source} holds thresholds for {len(thresholds)} exits, but this network has "
+                             f"{num_exits}: it belongs to another model")
+        try:
+            return cls.create(thresholds, data.get("temperatures"), data.get("fallback", "ensemble"), num_exits)
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from err
+
+    @classmethod
+    def load(cls, path: str | Path, num_exits: int | None = None) -> "ExitPolicy":
+        """From a ``thresholds.json``, checked against a network with ``num_exits`` exits."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err})") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} does not hold an exit policy (a JSON object with 'thresholds')")
+        return cls.from_dict(data, num_exits, source=str(path))
