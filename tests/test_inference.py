@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from scan_lightning.inference import (
     EarlyExitPredictor,
     ExitCache,
+    ExitPolicy,
     budget_proportions,
     budgeted_thresholds,
     check_thresholds,
@@ -93,7 +94,7 @@ def assert_predictor_matches_median_thresholds(net, x: torch.Tensor) -> None:
     with torch.no_grad():
         conf = torch.stack([exit_confidence(lg)[0] for lg in net(x).logits])
     thresholds = conf.median(1).values.tolist()
-    result = EarlyExitPredictor(net, thresholds, measure_costs(net, tuple(x.shape[1:])))(x)
+    result = EarlyExitPredictor(net, ExitPolicy.create(thresholds), measure_costs(net, tuple(x.shape[1:])))(x)
     pred, exits = compute_all_then_choose(net, x, thresholds)
     assert torch.equal(result.exit_index, exits) and torch.equal(result.prediction, pred)
     assert len(set(exits.tolist())) >= 2
@@ -111,7 +112,7 @@ def test_predictor_equals_compute_all_then_choose(batch, seed, fallback):
     # random thresholds inside each exit's confidence range, so every path (and the fallback) is taken
     lo, hi = conf.min(1).values, conf.max(1).values
     thresholds = (lo + (hi - lo) * torch.rand(4, generator=g)).tolist()
-    predictor = EarlyExitPredictor(net, thresholds, costs, fallback=fallback)
+    predictor = EarlyExitPredictor(net, ExitPolicy.create(thresholds, fallback=fallback), costs)
     got = [predictor(xb) for xb in x.split(batch)]
     pred, exits = torch.cat([r.prediction for r in got]), torch.cat([r.exit_index for r in got])
     ref_pred, ref_exits = compute_all_then_choose(net, x, thresholds, fallback)
@@ -130,7 +131,7 @@ def test_predictor_agrees_with_cached_evaluation():
         cache = ExitCache(torch.stack(net(x).logits), y)
     thresholds = [0.5, 0.45, 0.6, 0.5]
     for fallback in ("ensemble", "deepest"):
-        res = EarlyExitPredictor(net, thresholds, costs, fallback=fallback)(x)
+        res = EarlyExitPredictor(net, ExitPolicy.create(thresholds, fallback=fallback), costs)(x)
         sim = evaluate_thresholds(cache, thresholds, exit_macs(costs), fallback=fallback)
         assert sim.accuracy == pytest.approx((res.prediction == y).float().mean().item())
         assert sim.mean_macs == pytest.approx(res.macs.double().mean().item())
@@ -139,12 +140,12 @@ def test_predictor_agrees_with_cached_evaluation():
 @pytest.mark.parametrize("thresholds,needle", [
     ([0.9, 0.9, 1.2, 0.9], "outside (0, 1]"),
     ([0.9, 0.0, 0.9, 0.9], "outside (0, 1]"),
-    ([0.9, 0.9, 0.9], "got 3 thresholds"),
+    ([0.9, 0.9, 0.9], "holds thresholds for 3 exits, but this network has 4"),
 ])
 def test_bad_thresholds(thresholds, needle):
     net = small_net()
     with pytest.raises(ValueError) as err:
-        EarlyExitPredictor(net, thresholds, measure_costs(net, (3, 32, 32)))
+        EarlyExitPredictor(net, ExitPolicy.create(thresholds), measure_costs(net, (3, 32, 32)))
     assert needle in str(err.value)
 
 

@@ -28,6 +28,7 @@ from scan_lightning.config import build, config_dir
 from scan_lightning.inference import (
     EarlyExitPredictor,
     ExitCache,
+    ExitPolicy,
     budget_proportions,
     budgeted_thresholds,
     genetic_search,
@@ -80,7 +81,7 @@ def sweep(name: str, net, costs, images: torch.Tensor) -> list[dict]:
     for p in (0.5, 1.0, 2.0):
         thresholds = budgeted_thresholds(conf, budget_proportions(p, net.num_exits))
         thresholds = thresholds.clamp(min=1e-6, max=1.0).tolist()  # inf (nobody exits) -> 1.0
-        predictor = EarlyExitPredictor(net, thresholds, costs)
+        predictor = EarlyExitPredictor(net, ExitPolicy.create(thresholds), costs)
         for bs in (1, 256):
             r = time_early_exit(net, predictor, costs, images, bs)
             rows.append({"network": name, "p": p, "thresholds": thresholds, **r.to_dict()})

@@ -17,7 +17,7 @@ from scan_lightning.config import build, config_dir
 from scan_lightning.inference.analysis import check_search, load_thresholds, score_thresholds, search_and_score
 from scan_lightning.inference.cache import collect_outputs
 from scan_lightning.inference.cost import measure_costs
-from scan_lightning.inference.predictor import check_fallback, check_thresholds
+from scan_lightning.inference.policy import ExitPolicy, check_fallback, check_thresholds
 from scan_lightning.inference.timing import first_images, measure_wall_clock
 from scan_lightning.module import MultiExitModule
 from scan_lightning.report import exit_rows, print_dynamic_summary, print_exit_table
@@ -62,8 +62,8 @@ def evaluate(cfg: DictConfig) -> dict:
     acc = dict(zip([f"exit{i + 1}" for i in range(test.num_exits)] + ["ensemble"], test.accuracy().tolist()))
     print_exit_table(exit_rows(costs, acc), f"Per-exit test results ({ckpt.name})", costs.plain_macs)
     images = first_images(dm.test_dataloader(), int(cfg.timing.images))
-    timings = measure_wall_clock(net, costs, result["thresholds"], result["temperatures"], images,
-                                 cfg.timing.batch_sizes, cfg.timing.repeats, result["fallback"])
+    timings = measure_wall_clock(net, costs, ExitPolicy.from_dict(result), images, cfg.timing.batch_sizes,
+                                 cfg.timing.repeats)
     print_dynamic_summary(result, timings)
     result["wall_clock"] = [t.to_dict() for t in timings]
     if cfg.get("output"):

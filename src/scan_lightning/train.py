@@ -18,6 +18,7 @@ from scan_lightning.config import ConfigError, build, config_dir, to_plain
 from scan_lightning.finetune import check_new_tensors_train, load_matching, network_state, read_checkpoint
 from scan_lightning.inference.analysis import save_thresholds
 from scan_lightning.inference.cost import measure_costs
+from scan_lightning.inference.policy import ExitPolicy
 from scan_lightning.inference.timing import first_images, measure_wall_clock
 from scan_lightning.module import MultiExitModule
 from scan_lightning.phases import SUMMARY, run_phases
@@ -155,9 +156,8 @@ def report_dynamic(search: ThresholdSearch, datamodule, cfg: DictConfig) -> dict
     timings = []
     if cfg.get("measure_wall_clock"):
         images = first_images(datamodule.test_dataloader(), int(cfg.timing.images))
-        timings = measure_wall_clock(search.net, search.costs, search.result["thresholds"],
-                                     search.result["temperatures"], images, cfg.timing.batch_sizes,
-                                     cfg.timing.repeats, search.result["fallback"])
+        timings = measure_wall_clock(search.net, search.costs, ExitPolicy.from_dict(search.result), images,
+                                     cfg.timing.batch_sizes, cfg.timing.repeats)
         search.result["wall_clock"] = [t.to_dict() for t in timings]
         save_thresholds(search.result, search.path)
     print_dynamic_summary(search.result, timings)

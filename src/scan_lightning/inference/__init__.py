@@ -1,6 +1,7 @@
 """Cost model, early-exit predictor, cached outputs and threshold searches."""
 from scan_lightning.inference.cache import DynamicResult, ExitCache, collect_outputs, evaluate_thresholds
 from scan_lightning.inference.cost import CostTable, ExitCost, count_macs, measure_costs
+from scan_lightning.inference.policy import ExitPolicy
 from scan_lightning.inference.predictor import (
     EarlyExitPredictor,
     EarlyExitResult,
@@ -20,7 +21,7 @@ from scan_lightning.inference.search import (
 from scan_lightning.inference.timing import TimingResult, time_early_exit
 
 __all__ = [
-    "CostTable", "DynamicResult", "EarlyExitPredictor", "EarlyExitResult", "ExitCache", "ExitCost", "GAResult",
+    "CostTable", "DynamicResult", "EarlyExitPredictor", "EarlyExitResult", "ExitCache", "ExitCost", "ExitPolicy", "GAResult",
     "TimingResult", "budget_proportions", "budget_sweep", "budgeted_thresholds", "check_thresholds",
     "choose_exits", "collect_outputs", "count_macs", "decode_genes", "evaluate_thresholds", "exit_confidence",
     "full_network",

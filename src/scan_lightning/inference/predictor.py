@@ -8,13 +8,12 @@ only the undecided samples run the next section.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
-
 import torch
 
 from scan_lightning.inference.cost import CostTable
 from scan_lightning.inference.policy import (  # noqa: F401  (re-exported)
     FALLBACKS,
+    ExitPolicy,
     check_fallback,
     check_thresholds,
     choose_exits,
@@ -27,25 +26,23 @@ class EarlyExitResult:
     prediction: torch.Tensor   # (N,) class per sample
     exit_index: torch.Tensor   # (N,) 0..K-1, or K when no exit claimed the sample (fallback)
     macs: torch.Tensor         # (N,) MACs each sample paid (honest cumulative count)
+    confidence: torch.Tensor   # (N,) max softmax of the answer (at its exit's temperature; the fallback's at 1)
 
 
 class EarlyExitPredictor:
-    """Runs only what each sample needs. ``costs`` gives the MACs a sample paid at its exit."""
+    """Runs only what each sample needs, as ``policy`` decides. ``costs`` gives the MACs a sample paid at its exit."""
 
-    def __init__(self, net: MultiExitNetwork, thresholds: Sequence[float], costs: CostTable,
-                 temperatures: Sequence[float] | None = None, fallback: str = "ensemble") -> None:
-        check_thresholds(thresholds, net.num_exits, temperatures)
-        self.fallback = check_fallback(fallback)
+    def __init__(self, net: MultiExitNetwork, policy: ExitPolicy, costs: CostTable) -> None:
+        self.policy = policy.for_exits(net.num_exits)
         self.net = net.eval()
-        self.thresholds = [float(t) for t in thresholds]
-        self.temperatures = [float(t) for t in temperatures] if temperatures is not None else [1.0] * net.num_exits
         cum = costs.cumulative_macs
-        self.exit_macs = torch.cat([cum, cum[-1:]])  # the ensemble fallback ran everything
+        self.exit_macs = torch.cat([cum, cum[-1:]])  # the fallback ran everything
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> EarlyExitResult:
         n, k = x.shape[0], self.net.num_exits
         prediction = torch.empty(n, dtype=torch.long, device=x.device)
+        confidence = torch.empty(n, device=x.device)
         exit_index = torch.full((n,), k, dtype=torch.long, device=x.device)
         alive = torch.arange(n, device=x.device)       # original indices of undecided samples
         logit_sum = None                               # running sum of their logits (for the ensemble)
@@ -54,18 +51,20 @@ class EarlyExitPredictor:
             h = section(h)
             logits, _ = self.net.forward_exit(i, h, logits)
             logit_sum = logits if logit_sum is None else logit_sum + logits
-            conf, pred = exit_confidence(logits, self.temperatures[i])
-            fire = conf > self.thresholds[i]
+            conf, pred = self.policy.confidence(logits, i)
+            fire = conf > self.policy.thresholds[i]
             if fire.any():
                 prediction[alive[fire]] = pred[fire]
+                confidence[alive[fire]] = conf[fire]
                 exit_index[alive[fire]] = i
                 keep = ~fire
                 alive, h, logit_sum, logits = alive[keep], take_samples(h, keep), logit_sum[keep], logits[keep]
             if alive.numel() == 0:
                 break
         if alive.numel():
-            prediction[alive] = (logit_sum / k if self.fallback == "ensemble" else logits).argmax(dim=-1)
-        return EarlyExitResult(prediction, exit_index, self.exit_macs.to(x.device)[exit_index])
+            conf, pred = exit_confidence(logit_sum / k if self.policy.fallback == "ensemble" else logits)
+            prediction[alive], confidence[alive] = pred, conf
+        return EarlyExitResult(prediction, exit_index, self.exit_macs.to(x.device)[exit_index], confidence)
 
 
 @torch.inference_mode()

@@ -8,6 +8,7 @@ import torch
 
 from scan_lightning.inference.cost import CostTable
 from scan_lightning.inference.deploy import fold_batchnorm
+from scan_lightning.inference.policy import ExitPolicy
 from scan_lightning.inference.predictor import EarlyExitPredictor, full_network
 from scan_lightning.models.multi_exit import MultiExitNetwork
 
@@ -61,15 +62,15 @@ def time_early_exit(net: MultiExitNetwork, predictor: EarlyExitPredictor, costs:
     return TimingResult(batch_size, n, 1e3 * full / n, 1e3 * early / n, full / early, costs.plain_macs / macs)
 
 
-def measure_wall_clock(net: MultiExitNetwork, costs: CostTable, thresholds, temperatures, images: torch.Tensor,
-                       batch_sizes=(1, 256), repeats: int = 3, fallback: str = "ensemble") -> list[TimingResult]:
+def measure_wall_clock(net: MultiExitNetwork, costs: CostTable, policy: ExitPolicy, images: torch.Tensor,
+                       batch_sizes=(1, 256), repeats: int = 3) -> list[TimingResult]:
     """:func:`time_early_exit` at each batch size, for the predictor at ``thresholds``.
 
     Both the full network and the predictor run the deployment form of ``net``: BatchNorm folded
     into the convolutions (:func:`fold_batchnorm`).
     """
     net = fold_batchnorm(net)
-    predictor = EarlyExitPredictor(net, thresholds, costs, temperatures, fallback)
+    predictor = EarlyExitPredictor(net, policy, costs)
     return [time_early_exit(net, predictor, costs, images, int(bs), int(repeats)) for bs in batch_sizes]
 
 
