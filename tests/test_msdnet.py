@@ -99,7 +99,7 @@ def test_msdnet_cifar100_fast_dev_run(make_cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.cifar, "check_integrity", lambda *args: True)
     cfg = make_cfg("model=msdnet_cifar_anytime", "data=cifar100", "data.val_size=8", "data.batch_size=4",
                    "data.eval_batch_size=4", "data.num_workers=0", "data.pin_memory=false",
-                   "trainer.fast_dev_run=true", "measure_wall_clock=false", "model.gradient_equilibrium=true",
+                   "trainer.fast_dev_run=true", "timing.enabled=false", "model.gradient_equilibrium=true",
                    "loss=dsn")
     metrics = train(cfg)
     assert "val/acc/exit7" in metrics and "test/acc/ensemble" in metrics
@@ -110,7 +110,7 @@ def test_msdnet_imagenet_fast_dev_run(make_cfg, tmp_path):
     cfg = make_cfg("model=msdnet_imagenet", "data=imagenet", f"data.root={tmp_path / 'imagenet'}",
                    "data.num_classes=3", "data.val_size=3", "data.image_size=64", "data.resize_size=72",
                    "data.batch_size=2", "data.eval_batch_size=2", "data.num_workers=0", "data.pin_memory=false",
-                   "trainer.fast_dev_run=true", "measure_wall_clock=false", "model.isc=identity", "loss=dsn")
+                   "trainer.fast_dev_run=true", "timing.enabled=false", "model.isc=identity", "loss=dsn")
     metrics = train(cfg)
     assert "val/acc/exit5" in metrics and "test/acc/ensemble" in metrics
 

@@ -131,7 +131,7 @@ def test_ablation_table_script(tmp_path):
 
 def test_paper_experiment_smoke_runs_both_phases_under_fast_dev_run(make_cfg, tmp_path):
     cfg = make_cfg("experiment=imta_msdnet_cifar100", "data=synthetic", "data.num_classes=100", "data.batch_size=8",
-                   "trainer.fast_dev_run=true", "measure_wall_clock=false")
+                   "trainer.fast_dev_run=true", "timing.enabled=false")
     metrics = train(cfg)
     assert "test/acc/exit7" in metrics
     out = tmp_path / "out"

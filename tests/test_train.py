@@ -125,7 +125,7 @@ def test_wandb_multirun_records_one_offline_run_per_job(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "scan_lightning.train", "-m", "data=synthetic", "logger=wandb",
          "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-         "model.backbone.width=0.125", "measure_wall_clock=false", "loss.terms.kd.weight=0.3,0.7"],
+         "model.backbone.width=0.125", "timing.enabled=false", "loss.terms.kd.weight=0.3,0.7"],
         cwd=tmp_path, env={**os.environ, "SCAN_ROOT": str(tmp_path), "WANDB_SILENT": "true"},
         capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -70,7 +70,7 @@ def test_vgg_and_wrn_geometry():
 def test_user_backbone_trains_in_a_fast_dev_run(make_cfg, model, cuts):
     cfg = make_cfg("model=torchvision", f"model.backbone.model={model}",
                    f"model.backbone.cut_points=[{','.join(cuts)}]", "data=synthetic", "data.image_size=64",
-                   "trainer.fast_dev_run=true", "measure_wall_clock=false", "model.bottleneck_width=16")
+                   "trainer.fast_dev_run=true", "timing.enabled=false", "model.bottleneck_width=16")
     metrics = train(cfg)
     assert f"test/acc/exit{len(cuts)}" in metrics and f"test/acc/exit{len(cuts) + 1}" not in metrics
 
@@ -109,7 +109,7 @@ def test_imagenet_imagefolder_fast_dev_run(make_cfg, tmp_path):
                    f"data.root={tmp_path / 'imagenet'}", "data.num_classes=3", "data.val_size=3",
                    "data.image_size=32", "data.resize_size=36", "data.batch_size=4", "data.eval_batch_size=4",
                    "data.num_workers=0", "data.pin_memory=false", "trainer.fast_dev_run=true",
-                   "measure_wall_clock=false")
+                   "timing.enabled=false")
     metrics = train(cfg)
     assert "val/acc/exit4" in metrics and "test/acc/ensemble" in metrics
 

@@ -3,3 +3,12 @@ from scan_lightning.config import register_resolvers
 
 register_resolvers()
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``scan_lightning.Predictor`` without importing torch code at package import."""
+    if name in ("Predictor", "Predictions"):
+        from scan_lightning import serving
+
+        return getattr(serving, name)
+    raise AttributeError(f"module 'scan_lightning' has no attribute {name!r}")

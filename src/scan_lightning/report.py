@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from scan_lightning.inference.cost import CostTable
+from scan_lightning.inference.timing import speed_phrase
 
 
 def exit_rows(costs: CostTable, accuracy: Mapping[str, float]) -> list[dict]:
@@ -34,33 +35,49 @@ def print_exit_table(rows: list[dict], title: str, plain_macs: int, console: Con
     (console or Console(width=120)).print(table)
 
 
-def print_dynamic_summary(result: dict, timings: list, console: Console | None = None) -> None:
-    """GA thresholds on test: accuracy, honest MAC speed-ups, exit mix, budgeted curve, wall-clock."""
+def print_dynamic_summary(result: dict, console: Console | None = None) -> None:
+    """Policy on test: accuracy, honest MAC (and latency) speed-ups, exit mix, calibration, budgeted curve,
+    wall clock of the deployment form."""
     console = console or Console(width=120)
     t = result["test"]
     fractions = ", ".join(f"{n} {100 * f:.1f}%" for n, f in zip(
         [f"exit{i + 1}" for i in range(result["num_exits"])] + [f"fallback ({result['fallback']})"],
         t["exit_fractions"]))
+    latency = (f"; predicted {t['mean_ms']:.3f} ms/img from the latency table = "
+               f"{speed_phrase(t['latency_speedup_plain'])} than the plain network" if "mean_ms" in t else "")
+    searched = f"searched on the validation split, cost: {result['cost']}" if "cost" in result else "given"
     console.print(
-        f"[bold]Dynamic inference[/bold] (thresholds {[round(x, 4) for x in result['thresholds']]}, searched on "
-        f"the validation split): test top-1 {100 * t['accuracy']:.2f}% (deepest exit "
-        f"{100 * t['deepest_accuracy']:.2f}%, ensemble {100 * t['ensemble_accuracy']:.2f}%), mean "
-        f"{t['mean_macs'] / 1e6:.2f} M MACs = {t['speedup_plain']:.2f}x fewer than the plain network, "
-        f"{t['speedup_deepest']:.2f}x fewer than running every exit; exits: {fractions}"
+        f"[bold]Dynamic inference[/bold] (thresholds {[round(x, 4) for x in result['thresholds']]}, {searched}; "
+        f"temperatures {[round(x, 3) for x in result['temperatures']]}): test top-1 {100 * t['accuracy']:.2f}% "
+        f"(deepest exit {100 * t['deepest_accuracy']:.2f}%, ensemble {100 * t['ensemble_accuracy']:.2f}%), mean "
+        f"{t['mean_macs'] / 1e6:.2f} M MACs = {t['speedup_plain']:.2f}x fewer MACs than the plain network, "
+        f"{t['speedup_deepest']:.2f}x fewer than running every exit{latency}; exits: {fractions}"
     )
+    cal = result.get("calibration")
+    if cal:
+        console.print("Calibration (per-exit temperature, fitted on {fitted_on} validation images): ECE on test "
+                      "before -> after: {pairs}".format(fitted_on=cal["fitted_on"], pairs=", ".join(
+                          f"exit{i + 1} {b:.3f} -> {a:.3f}"
+                          for i, (b, a) in enumerate(zip(cal["ece_test_before"], cal["ece_test_after"])))))
     budget = Table(title="Budgeted batch classification (test; thresholds from validation)")
-    for col in ("p", "mean MACs (M)", "top-1 %"):
+    has_ms = any("mean_ms" in r for r in result["budgeted"])
+    for col in ("p", "mean MACs (M)", *(["mean ms/img (table)"] if has_ms else []), "top-1 %"):
         budget.add_column(col, justify="right")
     for r in result["budgeted"][:: max(1, len(result["budgeted"]) // 8)]:
-        budget.add_row(f"{r['p']:.2f}", f"{r['mean_macs'] / 1e6:.2f}", f"{100 * r['accuracy']:.2f}")
+        budget.add_row(f"{r['p']:.2f}", f"{r['mean_macs'] / 1e6:.2f}",
+                       *([f"{r['mean_ms']:.3f}"] if has_ms else []), f"{100 * r['accuracy']:.2f}")
     console.print(budget)
+    timings = result.get("wall_clock") or []
     if timings:
-        wall = Table(title="Wall clock: real early exit vs the full (plain) network, same images")
-        for col in ("batch", "images", "full ms/img", "early-exit ms/img", "wall speed-up", "MAC speed-up",
-                    "wall / MAC"):
+        form = ", ".join(k for k, v in result.get("deploy", {}).items() if v) or "eager"
+        wall = Table(title=f"Wall clock: real early exit vs the plain network, same images, deployment form: {form}")
+        for col in ("batch", "images", "plain ms/img", "early-exit ms/img", "early-exit img/s", "batch p50 / p95 ms",
+                    "wall clock", "MACs", "wall / MAC"):
             wall.add_column(col, justify="right")
         for r in timings:
-            wall.add_row(str(r.batch_size), str(r.images), f"{r.full_ms_per_image:.3f}",
-                         f"{r.early_exit_ms_per_image:.3f}", f"{r.wall_speedup:.2f}x", f"{r.mac_speedup:.2f}x",
-                         f"{r.efficiency:.2f}")
+            e = r["early_exit"]
+            wall.add_row(str(r["batch_size"]), str(r["images"]), f"{r['full_ms_per_image']:.3f}",
+                         f"{r['early_exit_ms_per_image']:.3f}", f"{e['images_per_s']:.0f}",
+                         f"{e['call_p50_ms']:.2f} / {e['call_p95_ms']:.2f}", speed_phrase(r["wall_speedup"]),
+                         f"{r['mac_speedup']:.2f}x fewer", f"{r['efficiency']:.2f}")
         console.print(wall)

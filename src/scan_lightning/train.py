@@ -16,13 +16,10 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from scan_lightning.callbacks import ThresholdSearch
 from scan_lightning.config import ConfigError, build, config_dir, to_plain
 from scan_lightning.finetune import check_new_tensors_train, load_matching, network_state, read_checkpoint
-from scan_lightning.inference.analysis import save_thresholds
 from scan_lightning.inference.cost import measure_costs
-from scan_lightning.inference.policy import ExitPolicy
-from scan_lightning.inference.timing import first_images, measure_wall_clock
 from scan_lightning.module import MultiExitModule
 from scan_lightning.phases import SUMMARY, run_phases
-from scan_lightning.report import exit_rows, print_dynamic_summary, print_exit_table
+from scan_lightning.report import exit_rows, print_exit_table
 
 
 def _describe(err: BaseException) -> str:
@@ -108,12 +105,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if trainer.is_global_zero:
                 report_exits(module, cfg, metrics, out_dir)
         search = next((c for c in trainer.callbacks if isinstance(c, ThresholdSearch)), None)
-        if trainer.is_global_zero and search is not None and search.result is not None:
-            wall = report_dynamic(search, datamodule, cfg)
-            for logger in trainer.loggers:
-                logger.log_metrics(wall, step=trainer.global_step)
-                logger.save()
-            metrics.update(wall)
+        if search is not None:
+            metrics.update(search.metrics)
         checkpoint = best or final_checkpoint(trainer, out_dir)   # every rank: saving is collective under DDP
         if trainer.is_global_zero:
             write_summary(out_dir, metrics, checkpoint)
@@ -149,19 +142,6 @@ def report_exits(module: MultiExitModule, cfg: DictConfig, metrics: dict[str, fl
     rows = exit_rows(costs, acc)
     print_exit_table(rows, f"Per-exit test results ({cfg.task_name})", costs.plain_macs)
     (out_dir / "exit_table.json").write_text(json.dumps({"rows": rows, "costs": costs.to_dict()}, indent=2))
-
-
-def report_dynamic(search: ThresholdSearch, datamodule, cfg: DictConfig) -> dict[str, float]:
-    """Print the post-fit search's dynamic-inference summary; time the real predictor if asked."""
-    timings = []
-    if cfg.get("measure_wall_clock"):
-        images = first_images(datamodule.test_dataloader(), int(cfg.timing.images))
-        timings = measure_wall_clock(search.net, search.costs, ExitPolicy.from_dict(search.result), images,
-                                     cfg.timing.batch_sizes, cfg.timing.repeats)
-        search.result["wall_clock"] = [t.to_dict() for t in timings]
-        save_thresholds(search.result, search.path)
-    print_dynamic_summary(search.result, timings)
-    return {f"test/wall/speedup_batch{t.batch_size}": t.wall_speedup for t in timings}
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")

@@ -9,15 +9,10 @@ import pytorch_lightning as pl
 import torch
 
 from scan_lightning.finetune import network_state
-from scan_lightning.inference.analysis import (
-    check_search,
-    save_thresholds,
-    search_and_score,
-)
-from scan_lightning.inference.cache import ExitCache, collect_outputs
-from scan_lightning.inference.cost import CostTable, measure_costs
+from scan_lightning.inference.analysis import check_search, exit_names
+from scan_lightning.inference.pipeline import check_timing, run_post_fit
 from scan_lightning.models.multi_exit import MultiExitNetwork
-from scan_lightning.plots import plot_accuracy_vs_macs, plot_exit_histogram
+from scan_lightning.report import print_dynamic_summary
 
 
 def best_network(trainer: pl.Trainer, pl_module: pl.LightningModule) -> MultiExitNetwork:
@@ -32,51 +27,55 @@ def best_network(trainer: pl.Trainer, pl_module: pl.LightningModule) -> MultiExi
 
 
 class ThresholdSearch(pl.Callback):
-    """After fit, on rank 0: GA + budgeted search on validation outputs, scored on test, logged and saved.
+    """After fit, on rank 0: the post-fit pipeline (:func:`run_post_fit`) on the selected network.
 
-    Writes ``thresholds.json`` next to the best checkpoint (the run's output dir under fast_dev_run)
-    plus two PNG plots, and logs ``test/dynamic/*`` metrics through ``trainer.loggers``.
+    Writes ``thresholds.json`` next to the best checkpoint (the run's output dir under fast_dev_run) plus two
+    PNG plots, prints the summary, and logs ``test/dynamic/*`` (and ``test/wall/*`` with ``timing.enabled``)
+    through ``trainer.loggers``. ``metrics`` holds what it logged.
     """
 
-    def __init__(self, search: dict[str, Any], input_shape: list[int]) -> None:
+    def __init__(self, search: dict[str, Any], input_shape: list[int], timing: dict[str, Any] | None = None) -> None:
         super().__init__()
         check_search(search)
+        self.timing = dict(timing or {"enabled": False})
+        check_timing(self.timing)
         self.search = dict(search)
         self.input_shape = tuple(input_shape)
         self.result: dict[str, Any] | None = None
-        self.caches: tuple[ExitCache, ExitCache] | None = None
-        self.net: MultiExitNetwork | None = None
-        self.costs: CostTable | None = None
-        self.path: Path | None = None
+        self.metrics: dict[str, float] = {}
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking or trainer.datamodule is None:
             return
         dm = trainer.datamodule
-        net = best_network(trainer, pl_module)
         dm.setup("test")
-        val = collect_outputs(net, dm.val_dataloader(), pl_module.device)
-        test = collect_outputs(net, dm.test_dataloader(), pl_module.device)
-        costs = measure_costs(net, self.input_shape)
-        result = search_and_score(val, test, costs, self.search)
         cb = trainer.checkpoint_callback
         out_dir = Path(cb.best_model_path).parent if cb is not None and cb.best_model_path else Path(trainer.default_root_dir)
-        self.path = out_dir / "thresholds.json"
-        save_thresholds(result, self.path)
-        self.result, self.caches, self.net, self.costs = result, (val, test), net, costs
-        self._log(trainer, result, out_dir)
-
-    def _log(self, trainer: pl.Trainer, result: dict[str, Any], out_dir: Path) -> None:
-        t = result["test"]
-        metrics = {f"test/dynamic/{k}": t[k] for k in ("accuracy", "mean_macs", "speedup_plain", "speedup_deepest")}
-        names = [f"exit{i + 1}" for i in range(result["num_exits"])] + ["fallback"]
-        metrics.update({f"test/dynamic/exit_frac/{n}": f for n, f in zip(names, t["exit_fractions"])})
-        metrics.update({f"val/dynamic/{k}": result["val"][k] for k in ("accuracy", "mean_macs", "speedup_plain")})
-        plots = [plot_accuracy_vs_macs(result, out_dir / "accuracy_vs_macs.png"),
-                 plot_exit_histogram(result, out_dir / "exit_histogram.png")]
+        self.result = run_post_fit(best_network(trainer, pl_module), dm.val_dataloader(), dm.test_dataloader(),
+                                   self.input_shape, self.search, self.timing, out_dir=out_dir,
+                                   device=pl_module.device)
+        print_dynamic_summary(self.result)
+        self.metrics = dynamic_metrics(self.result)
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+            logger.log_metrics(self.metrics, step=trainer.global_step)
             if hasattr(logger, "log_image"):
-                for p in plots:
-                    logger.log_image(key=f"dynamic/{p.stem}", images=[str(p)], step=trainer.global_step)
+                for name in ("accuracy_vs_macs", "exit_histogram"):
+                    logger.log_image(key=f"dynamic/{name}", images=[str(out_dir / f"{name}.png")],
+                                     step=trainer.global_step)
             logger.save()
+
+
+def dynamic_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The scalars worth logging from a post-fit result."""
+    t = result["test"]
+    metrics = {f"test/dynamic/{k}": t[k] for k in ("accuracy", "mean_macs", "speedup_plain", "speedup_deepest",
+                                                    "mean_ms", "latency_speedup_plain") if k in t}
+    names = exit_names(result["num_exits"], "fallback")
+    metrics.update({f"test/dynamic/exit_frac/{n}": f for n, f in zip(names, t["exit_fractions"])})
+    metrics.update({f"val/dynamic/{k}": result["val"][k] for k in ("accuracy", "mean_macs", "speedup_plain")})
+    for i, temp in enumerate(result["temperatures"]):
+        metrics[f"val/calibration/temperature/exit{i + 1}"] = temp
+    for w in result.get("wall_clock", []):
+        metrics[f"test/wall/speedup_batch{w['batch_size']}"] = w["wall_speedup"]
+        metrics[f"test/wall/early_exit_images_per_s_batch{w['batch_size']}"] = w["early_exit"]["images_per_s"]
+    return metrics

@@ -1,16 +1,21 @@
-"""After training: anytime points, budgeted curve and GA thresholds (searched on validation, applied to test)."""
+"""After training: anytime points, budgeted curve, calibration and GA thresholds (searched on validation,
+applied to test), in MACs and, with a latency table, in measured milliseconds."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 
 from scan_lightning.inference.cache import ExitCache, evaluate_thresholds
+from scan_lightning.inference.calibration import calibrate, calibration_errors, split_cache
 from scan_lightning.inference.cost import CostTable
-from scan_lightning.inference.predictor import check_fallback, check_thresholds
+from scan_lightning.inference.latency import LatencyTable
+from scan_lightning.inference.policy import ExitPolicy, check_fallback
 from scan_lightning.inference.search import budget_sweep, check_ga_settings, genetic_search
+
+COSTS = ("macs", "latency")
 
 
 def exit_macs(costs: CostTable) -> torch.Tensor:
@@ -19,20 +24,62 @@ def exit_macs(costs: CostTable) -> torch.Tensor:
     return torch.cat([cum, cum[-1:]])
 
 
-def anytime(cache: ExitCache, costs: CostTable) -> list[dict]:
-    """Each exit's own accuracy against its cumulative MACs (and the ensemble's)."""
+def exit_names(num_exits: int, last: str = "ensemble") -> list[str]:
+    """``exit1 .. exitK`` then ``last`` (``ensemble`` or ``fallback``)."""
+    return [f"exit{i + 1}" for i in range(num_exits)] + [last]
+
+
+def anytime(cache: ExitCache, costs: CostTable, latency: LatencyTable | None = None) -> list[dict]:
+    """Each exit's own accuracy against its cumulative MACs (and ms), and the ensemble's."""
     acc, macs = cache.accuracy().tolist(), exit_macs(costs).tolist()
-    names = [f"exit{i + 1}" for i in range(cache.num_exits)] + ["ensemble"]
-    return [{"exit": n, "macs": m, "accuracy": a} for n, m, a in zip(names, macs, acc)]
+    ms = latency.exit_ms.tolist() if latency is not None else [None] * len(macs)
+    return [{"exit": n, "macs": m, "accuracy": a, **({"ms": t} if t is not None else {})}
+            for n, m, a, t in zip(exit_names(cache.num_exits), macs, acc, ms)]
 
 
-def budgeted_curve(val: ExitCache, test: ExitCache, costs: CostTable, steps: int = 40) -> list[dict]:
-    """MSDNet budgeted batch classification: thresholds from validation proportions, scored on test."""
-    em = exit_macs(costs)
+class Scorer:
+    """Scores exit policies on cached outputs in both cost units: honest MACs and, with a latency table,
+    measured ms per image; speed-ups against the plain network in each."""
+
+    def __init__(self, costs: CostTable, latency: LatencyTable | None = None) -> None:
+        self.costs, self.latency = costs, latency
+        self.exit_macs = exit_macs(costs)
+        self.exit_ms = latency.exit_ms if latency is not None else None
+
+    def __call__(self, cache: ExitCache, policy: ExitPolicy) -> dict[str, Any]:
+        res = evaluate_thresholds(cache, policy, self.exit_macs, self.exit_ms).to_dict()
+        res["speedup_plain"] = self.costs.plain_macs / res["mean_macs"]
+        res["speedup_deepest"] = self.costs.ensemble_macs / res["mean_macs"]
+        if self.latency is not None:
+            res["latency_speedup_plain"] = self.latency.plain_ms / res["mean_ms"]
+        return res
+
+    def cost_vector(self, cost: str) -> tuple[torch.Tensor, float]:
+        """(K + 1,) exit costs and the plain network's, in ``cost`` units (``macs`` or ``latency``)."""
+        if cost == "latency":
+            if self.latency is None:
+                raise ValueError("search.cost=latency needs a latency table (measured in the deployment form)")
+            return self.exit_ms, self.latency.plain_ms
+        return self.exit_macs, float(self.costs.plain_macs)
+
+
+def budget_policies(val: ExitCache, steps: int, temperatures: list[float] | None, fallback: str
+                    ) -> list[tuple[float, ExitPolicy]]:
+    """MSDNet's budgeted sweep as exit policies (an exit nobody takes gets threshold 1, the last takes all)."""
+    return [(p, ExitPolicy.create(thr.clamp(min=1e-6, max=1.0).tolist(), temperatures, fallback))
+            for p, thr in budget_sweep(val, steps=steps, temperatures=temperatures)]
+
+
+def budgeted_curve(val: ExitCache, test: ExitCache, scorer: Scorer, steps: int = 40,
+                   temperatures: list[float] | None = None, fallback: str = "ensemble") -> list[dict]:
+    """MSDNet budgeted batch classification: thresholds from validation proportions, scored on both
+    (``val_*`` keys: to choose an operating point without the test set)."""
     rows = []
-    for p, thresholds in budget_sweep(val, steps=steps):
-        res = evaluate_thresholds(test, thresholds.tolist(), em)
-        rows.append({"p": p, "thresholds": thresholds.tolist(), **res.to_dict()})
+    for p, policy in budget_policies(val, steps, temperatures, fallback):
+        v = scorer(val, policy)
+        rows.append({"p": p, "thresholds": list(policy.thresholds), **scorer(test, policy),
+                     "val_accuracy": v["accuracy"], "val_mean_macs": v["mean_macs"],
+                     **({"val_mean_ms": v["mean_ms"]} if "mean_ms" in v else {})})
     return rows
 
 
@@ -44,6 +91,16 @@ def check_search(search: Mapping[str, Any]) -> None:
         check_fallback(fallback)
     if int(search.get("budget_steps", 40)) < 1:
         raise ValueError(f"search.budget_steps={search.get('budget_steps')} must be >= 1")
+    cost = search.get("cost", "macs")
+    if cost not in COSTS:
+        raise ValueError(f"search.cost={cost!r} is not allowed; choose one of {COSTS}")
+    cal = dict(search.get("calibration") or {})
+    if cal.get("enabled", False):
+        fraction = float(cal.get("fraction", 0.5))
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"search.calibration.fraction={fraction} must lie strictly between 0 and 1")
+        if int(cal.get("n_bins", 15)) < 1:
+            raise ValueError(f"search.calibration.n_bins={cal.get('n_bins')} must be >= 1")
 
 
 def resolve_fallback(val: ExitCache, fallback: str) -> str:
@@ -54,53 +111,73 @@ def resolve_fallback(val: ExitCache, fallback: str) -> str:
     return "deepest" if acc[-2] > acc[-1] else "ensemble"
 
 
-def score_thresholds(val: ExitCache, test: ExitCache, costs: CostTable, thresholds: Sequence[float],
-                     temperatures: Sequence[float] | None = None, fallback: str = "ensemble",
-                     budget_steps: int = 40) -> dict[str, Any]:
-    """Accuracy, MACs, speed-ups and exit mix of ``thresholds`` on ``val`` and ``test``; anytime and
-    budgeted curves alongside. The layout of ``thresholds.json``."""
-    em = exit_macs(costs)
-    temps = list(temperatures) if temperatures is not None else [1.0] * val.num_exits
-    out: dict[str, Any] = {"num_exits": val.num_exits, "thresholds": list(thresholds), "temperatures": temps,
-                           "fallback": fallback, "costs": costs.to_dict()}
+def score_policy(val: ExitCache, test: ExitCache, costs: CostTable, policy: ExitPolicy,
+                 latency: LatencyTable | None = None, budget_steps: int = 40) -> dict[str, Any]:
+    """Accuracy, costs, speed-ups and exit mix of ``policy`` on ``val`` and ``test``; anytime and budgeted
+    curves alongside. The layout of ``thresholds.json``."""
+    scorer = Scorer(costs, latency)
+    out: dict[str, Any] = {"num_exits": val.num_exits, **policy.to_dict(), "costs": costs.to_dict(),
+                           "latency": latency.to_dict() if latency is not None else None}
     for stage, cache in (("val", val), ("test", test)):
-        res = evaluate_thresholds(cache, thresholds, em, temps, fallback)
         acc = cache.accuracy()
-        out[stage] = {**res.to_dict(), **speedups(res.mean_macs, costs),
-                      "deepest_accuracy": acc[-2].item(), "ensemble_accuracy": acc[-1].item()}
-    out["anytime"] = anytime(test, costs)
-    out["budgeted"] = budgeted_curve(val, test, costs, steps=budget_steps)
+        out[stage] = {**scorer(cache, policy), "deepest_accuracy": acc[-2].item(), "ensemble_accuracy": acc[-1].item()}
+    out["anytime"] = anytime(test, costs, latency)
+    out["budgeted"] = budgeted_curve(val, test, scorer, budget_steps, list(policy.temperatures), policy.fallback)
     return out
 
 
-def search_and_score(val: ExitCache, test: ExitCache, costs: CostTable, search: Mapping[str, Any]) -> dict:
-    """GA thresholds searched on ``val`` (never on test), then scored by :func:`score_thresholds`."""
+def search_and_score(val: ExitCache, test: ExitCache, costs: CostTable, search: Mapping[str, Any],
+                     latency: LatencyTable | None = None) -> dict[str, Any]:
+    """Calibrate, search and score, never on test.
+
+    With ``search.calibration.enabled``, the validation outputs are split (seeded): per-exit temperatures are
+    fitted on one part, the GA searches thresholds on the other part's calibrated confidences. The GA
+    optimises ``search.cost``: honest MACs (the paper) or the latency table's milliseconds.
+    """
+    check_search(search)
     ga_cfg = dict(search.get("ga", {}))
-    fallback = resolve_fallback(val, search.get("fallback", "ensemble"))
-    ga = genetic_search(val, exit_macs(costs), reference_macs=costs.plain_macs, fallback=fallback, **ga_cfg)
-    out = score_thresholds(val, test, costs, ga.thresholds, fallback=fallback,
-                           budget_steps=int(search.get("budget_steps", 40)))
+    cal_cfg = dict(search.get("calibration") or {})
+    search_val, temperatures, calibration = val, None, None
+    if cal_cfg.get("enabled", False):
+        search_val, cal_val = split_cache(val, float(cal_cfg.get("fraction", 0.5)), int(ga_cfg.get("seed", 0)))
+        n_bins = int(cal_cfg.get("n_bins", 15))
+        fit = calibrate(cal_val, search_val, n_bins=n_bins)
+        temperatures = fit.temperatures
+        calibration = {**fit.to_dict(), "fraction": float(cal_cfg.get("fraction", 0.5)),
+                       "fitted_on": len(cal_val.labels), "reported_on": len(search_val.labels),
+                       "ece_test_before": calibration_errors(test, None, n_bins),
+                       "ece_test_after": calibration_errors(test, temperatures, n_bins)}
+    fallback = resolve_fallback(search_val, search.get("fallback", "ensemble"))
+    cost = search.get("cost", "macs")
+    exit_costs, reference = Scorer(costs, latency).cost_vector(cost)
+    ga = genetic_search(search_val, exit_costs, reference_cost=reference, fallback=fallback,
+                        temperatures=temperatures, **ga_cfg)
+    policy = ExitPolicy.create(ga.thresholds, temperatures, fallback)
+    out = score_policy(search_val, test, costs, policy, latency, int(search.get("budget_steps", 40)))
+    out["cost"] = cost
     out["ga"] = {"fitness": ga.fitness, "best_per_generation": ga.best_per_generation, **ga_cfg}
+    out["calibration"] = calibration
     return out
 
 
-def speedups(mean_macs: float, costs: CostTable) -> dict[str, float]:
-    """MAC speed-up vs the plain baseline network and vs the deepest exit of this network."""
-    return {"speedup_plain": costs.plain_macs / mean_macs, "speedup_deepest": costs.ensemble_macs / mean_macs}
+def pick_budget(result: Mapping[str, Any], macs: float | None = None, ms: float | None = None) -> ExitPolicy:
+    """The budgeted-curve policy with the most compute whose *validation* mean cost fits the budget (mean MACs
+    or ms per image); one clear error when even the cheapest point does not fit."""
+    if (macs is None) == (ms is None):
+        raise ValueError("give exactly one budget: mean MACs or ms per image")
+    key, budget = ("val_mean_macs", macs) if macs is not None else ("val_mean_ms", ms)
+    rows = [r for r in result.get("budgeted", []) if key in r]
+    if not rows:
+        raise ValueError(f"the saved search holds no budgeted curve with {key} (rerun the search"
+                         f"{' with search.cost=latency' if ms is not None else ''})")
+    fitting = [r for r in rows if r[key] <= budget]
+    if not fitting:
+        cheapest = min(r[key] for r in rows)
+        raise ValueError(f"budget {budget:g} is below the cheapest budgeted point ({cheapest:g} {key[9:]} per image)")
+    best = max(fitting, key=lambda r: (r[key], r["val_accuracy"]))
+    return ExitPolicy.create(best["thresholds"], result.get("temperatures"), result.get("fallback", "ensemble"))
 
 
 def save_thresholds(result: Mapping[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
-
-
-def load_thresholds(path: str | Path, num_exits: int) -> tuple[list[float], list[float], str]:
-    """Thresholds, temperatures and fallback from a ``thresholds.json``, checked against the network."""
-    data = json.loads(Path(path).read_text())
-    if data.get("num_exits") != num_exits or len(data.get("thresholds", [])) != num_exits:
-        raise ValueError(f"{path} holds thresholds for {data.get('num_exits')} exits, but this network has "
-                         f"{num_exits}: it belongs to another model")
-    check_thresholds(data["thresholds"], num_exits, data.get("temperatures"))
-    return (list(data["thresholds"]), list(data.get("temperatures") or [1.0] * num_exits),
-            check_fallback(data.get("fallback", "ensemble")))
-

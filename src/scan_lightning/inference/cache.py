@@ -5,8 +5,9 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
+from rich.progress import track
 
-from scan_lightning.inference.predictor import check_fallback, choose_exits, exit_confidence
+from scan_lightning.inference.policy import ExitPolicy, check_fallback, choose_exits, exit_confidence
 from scan_lightning.models.multi_exit import MultiExitNetwork
 
 
@@ -41,11 +42,15 @@ class ExitCache:
 
 
 @torch.no_grad()
-def collect_outputs(net: MultiExitNetwork, batches: Iterable, device: torch.device | str = "cpu") -> ExitCache:
-    """Run the whole network once over ``batches`` of ``(x, y)`` in eval mode."""
+def collect_outputs(net: MultiExitNetwork, batches: Iterable, device: torch.device | str = "cpu",
+                    progress: str | None = None) -> ExitCache:
+    """Run the whole network once over ``batches`` of ``(x, y)`` in eval mode; ``progress``: a label to show a
+    progress bar under (``None``: silent)."""
     was_training = net.training
     net.eval()
     logits, labels = [], []
+    if progress is not None:
+        batches = track(batches, description=progress, transient=True)
     try:
         for x, y in batches:
             logits.append(torch.stack(net(x.to(device)).logits).float().cpu())
@@ -62,15 +67,20 @@ class DynamicResult:
     accuracy: float
     mean_macs: float
     exit_fractions: list[float]   # K exits, then the fallback (no exit claimed the sample)
+    mean_ms: float | None = None  # with a latency table: predicted ms per image
 
     def to_dict(self) -> dict:
-        return {"accuracy": self.accuracy, "mean_macs": self.mean_macs, "exit_fractions": self.exit_fractions}
+        out = {"accuracy": self.accuracy, "mean_macs": self.mean_macs, "exit_fractions": self.exit_fractions}
+        return out if self.mean_ms is None else {**out, "mean_ms": self.mean_ms}
 
 
-def evaluate_thresholds(cache: ExitCache, thresholds: Sequence[float], exit_macs: torch.Tensor,
-                        temperatures: Sequence[float] | None = None, fallback: str = "ensemble") -> DynamicResult:
-    """What :class:`EarlyExitPredictor` would give, from cached logits. ``exit_macs``: (K + 1,)."""
-    chosen = choose_exits(cache.confidence(temperatures), torch.as_tensor(thresholds, dtype=torch.float32))
-    correct = cache.outcome(fallback).gather(0, chosen[None])[0]
+def evaluate_thresholds(cache: ExitCache, policy: ExitPolicy, exit_macs: torch.Tensor,
+                        exit_ms: torch.Tensor | None = None) -> DynamicResult:
+    """What :class:`EarlyExitPredictor` would give under ``policy``, from cached logits. ``exit_macs`` (and
+    ``exit_ms``, a latency table's per-image time): (K + 1,) costs of leaving at each exit, then the fallback."""
+    policy.for_exits(cache.num_exits)
+    chosen = choose_exits(cache.confidence(policy.temperatures), torch.as_tensor(policy.thresholds, dtype=torch.float32))
+    correct = cache.outcome(policy.fallback).gather(0, chosen[None])[0]
     fractions = torch.bincount(chosen, minlength=cache.num_exits + 1).float() / chosen.numel()
-    return DynamicResult(correct.float().mean().item(), exit_macs[chosen].double().mean().item(), fractions.tolist())
+    ms = None if exit_ms is None else exit_ms[chosen].double().mean().item()
+    return DynamicResult(correct.float().mean().item(), exit_macs[chosen].double().mean().item(), fractions.tolist(), ms)

@@ -127,15 +127,16 @@ def measure_costs(net: MultiExitNetwork, input_shape: tuple[int, int, int], elem
         rows, cum_macs, cum_params, prefix_macs, logits = [], 0, 0, 0, None
         for i, section in enumerate(net.sections):
             s_macs, h = count_macs(section, h, elementwise=elementwise)
-            attention = net.attentions[i] if i < len(net.attentions) else nn.Identity()
+            branch = net.exit_branch(i)
+            attention = branch.attention if branch.attention is not None else nn.Identity()
             a_macs, _ = count_macs(attention, exit_input(h), elementwise=elementwise)
             # the exit as the network runs it (attention, head, ISC transfer), minus the attention
-            exit_macs, (logits, _) = count_macs(net.forward_exit, i, h, logits, elementwise=elementwise)
+            exit_macs, (logits, _) = count_macs(branch, h, logits, elementwise=elementwise)
             head_macs = exit_macs - a_macs
             prefix_macs += s_macs
             cum_macs += s_macs + a_macs + head_macs
-            transfer = net.isc_transfers[i - 1] if net.isc == "linear" and i > 0 else nn.Identity()
-            s_p, a_p, h_p = count_params(section), count_params(attention), count_params(net.heads[i]) + count_params(transfer)
+            s_p, a_p = count_params(section), count_params(attention)
+            h_p = count_params(branch) - a_p          # head and ISC transfer
             cum_params += s_p + a_p + h_p
             rows.append(ExitCost(i, s_macs, a_macs, head_macs, cum_macs, prefix_macs + head_macs,
                                  s_p, a_p, h_p, cum_params))

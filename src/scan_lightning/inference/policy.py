@@ -39,8 +39,11 @@ def check_thresholds(thresholds: Sequence[float], num_exits: int, temperatures: 
 
 
 def exit_confidence(logits: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Max softmax probability at ``temperature`` and the predicted class, per sample."""
-    return torch.softmax(logits.float() / temperature, dim=-1).max(dim=-1)
+    """Max softmax probability at ``temperature`` and the predicted class (the logits' argmax, which a
+    temperature never changes), per sample."""
+    pred = logits.argmax(dim=-1)
+    conf = torch.softmax(logits.float() / temperature, dim=-1).gather(-1, pred.unsqueeze(-1)).squeeze(-1)
+    return conf, pred
 
 
 def choose_exits(confidence: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:

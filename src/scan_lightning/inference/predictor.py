@@ -19,7 +19,8 @@ from scan_lightning.inference.policy import (  # noqa: F401  (re-exported)
     choose_exits,
     exit_confidence,
 )
-from scan_lightning.models.multi_exit import MultiExitNetwork, exit_input, take_samples
+from scan_lightning.inference.deploy import DeployedNetwork, as_deployed
+from scan_lightning.models.multi_exit import MultiExitNetwork, take_samples
 
 @dataclass
 class EarlyExitResult:
@@ -30,46 +31,68 @@ class EarlyExitResult:
 
 
 class EarlyExitPredictor:
-    """Runs only what each sample needs, as ``policy`` decides. ``costs`` gives the MACs a sample paid at its exit."""
+    """Runs only what each sample needs, as ``policy`` decides; ``costs`` gives the MACs a sample paid at its exit.
 
-    def __init__(self, net: MultiExitNetwork, policy: ExitPolicy, costs: CostTable) -> None:
-        self.policy = policy.for_exits(net.num_exits)
-        self.net = net.eval()
+    ``net``: a :class:`MultiExitNetwork` (run as it is) or a :class:`DeployedNetwork` (its deployment form).
+    A batch of one simply stops at its exit; a larger batch is compacted after every exit, so only the
+    undecided samples run the next section.
+    """
+
+    def __init__(self, net: MultiExitNetwork | DeployedNetwork, policy: ExitPolicy, costs: CostTable) -> None:
+        self.net = as_deployed(net)
+        self.policy = policy.for_exits(self.net.num_exits)
         cum = costs.cumulative_macs
         self.exit_macs = torch.cat([cum, cum[-1:]])  # the fallback ran everything
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> EarlyExitResult:
-        n, k = x.shape[0], self.net.num_exits
+        if x.shape[0] == 1:
+            return self._one(x)
+        net, policy, k = self.net, self.policy, self.net.num_exits
+        n = x.shape[0]
         prediction = torch.empty(n, dtype=torch.long, device=x.device)
         confidence = torch.empty(n, device=x.device)
         exit_index = torch.full((n,), k, dtype=torch.long, device=x.device)
         alive = torch.arange(n, device=x.device)       # original indices of undecided samples
         logit_sum = None                               # running sum of their logits (for the ensemble)
-        h, logits = x, None
-        for i, section in enumerate(self.net.sections):
-            h = section(h)
-            logits, _ = self.net.forward_exit(i, h, logits)
-            logit_sum = logits if logit_sum is None else logit_sum + logits
-            conf, pred = self.policy.confidence(logits, i)
-            fire = conf > self.policy.thresholds[i]
+        h, logits = net.prepare(x), None
+        for i in range(k):
+            h = net.section(i, h)
+            logits = net.exit(i, h, logits)
+            logit_sum = logits if logit_sum is None or policy.fallback != "ensemble" else logit_sum + logits
+            conf, pred = policy.confidence(logits, i)
+            fire = conf > policy.thresholds[i]
             if fire.any():
-                prediction[alive[fire]] = pred[fire]
-                confidence[alive[fire]] = conf[fire]
-                exit_index[alive[fire]] = i
+                done = alive[fire]
+                prediction[done], confidence[done], exit_index[done] = pred[fire], conf[fire], i
                 keep = ~fire
+                if not keep.any():
+                    break
                 alive, h, logit_sum, logits = alive[keep], take_samples(h, keep), logit_sum[keep], logits[keep]
-            if alive.numel() == 0:
-                break
-        if alive.numel():
-            conf, pred = exit_confidence(logit_sum / k if self.policy.fallback == "ensemble" else logits)
+        else:
+            conf, pred = exit_confidence(logit_sum / k if policy.fallback == "ensemble" else logits)
             prediction[alive], confidence[alive] = pred, conf
         return EarlyExitResult(prediction, exit_index, self.exit_macs.to(x.device)[exit_index], confidence)
 
+    def _one(self, x: torch.Tensor) -> EarlyExitResult:
+        """One sample: no compaction, it stops at the first exit that claims it."""
+        net, policy, k = self.net, self.policy, self.net.num_exits
+        h, logits, logit_sum, index = net.prepare(x), None, None, k
+        for i in range(k):
+            h = net.section(i, h)
+            logits = net.exit(i, h, logits)
+            conf, pred = policy.confidence(logits, i)
+            if conf.item() > policy.thresholds[i]:
+                index = i
+                break
+            logit_sum = logits if logit_sum is None else logit_sum + logits
+        else:
+            conf, pred = exit_confidence(logit_sum / k if policy.fallback == "ensemble" else logits)
+        return EarlyExitResult(pred, torch.tensor([index], device=x.device),
+                               self.exit_macs.to(x.device)[index].reshape(1), conf)
+
 
 @torch.inference_mode()
-def full_network(net: MultiExitNetwork, x: torch.Tensor) -> torch.Tensor:
+def full_network(net: MultiExitNetwork | DeployedNetwork, x: torch.Tensor) -> torch.Tensor:
     """The deepest exit alone: every section plus the deep head, no shallow exits (the plain network)."""
-    for section in net.sections:
-        x = section(x)
-    return net.heads[-1](exit_input(x))[0]
+    return as_deployed(net).plain(x)

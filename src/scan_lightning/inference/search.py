@@ -23,13 +23,13 @@ class GAResult:
     thresholds: list[float]
     fitness: float
     accuracy: float
-    mean_macs: float
+    mean_cost: float
     best_per_generation: list[float] = field(default_factory=list)
 
 
 def population_scores(confidence: torch.Tensor, outcome: torch.Tensor, thresholds: torch.Tensor,
-                      exit_macs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Accuracy and mean MACs of every threshold vector in ``thresholds`` (P, K), all at once.
+                      exit_costs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accuracy and mean cost (MACs or ms) of every threshold vector in ``thresholds`` (P, K), all at once.
 
     ``confidence``: (K, N) per-exit confidences; ``outcome``: (K + 1, N) right/wrong per exit and fallback.
     """
@@ -38,8 +38,8 @@ def population_scores(confidence: torch.Tensor, outcome: torch.Tensor, threshold
     # one-hot (member, exit, sample): accuracy and MACs as two reductions, no (P, N) gathers
     one_hot = torch.zeros(chosen.shape[0], outcome.shape[0], n).scatter_(1, chosen[:, None], 1.0)
     acc = torch.einsum("pkn,kn->p", one_hot, outcome.float()) / n
-    macs = one_hot.sum(2).double() @ exit_macs.double() / n
-    return acc, macs
+    cost = one_hot.sum(2).double() @ exit_costs.double() / n
+    return acc, cost
 
 
 def check_ga_settings(beta: float = 200.0, baseline: str | float = "deepest", bits: int = 30,
@@ -61,8 +61,8 @@ def check_ga_settings(beta: float = 200.0, baseline: str | float = "deepest", bi
 
 def genetic_search(
     cache: ExitCache,
-    exit_macs: torch.Tensor,
-    reference_macs: float,
+    exit_costs: torch.Tensor,
+    reference_cost: float,
     beta: float = 200.0,
     baseline: str | float = "deepest",
     bits: int = 30,
@@ -73,8 +73,12 @@ def genetic_search(
     elite: int = 2,
     seed: int = 0,
     fallback: str = "ensemble",
+    temperatures: list[float] | None = None,
 ) -> GAResult:
-    """SCAN Algorithm 2. fitness = reference_macs / mean_macs + beta * (accuracy - baseline) (Eq. 4).
+    """SCAN Algorithm 2. fitness = reference_cost / mean_cost + beta * (accuracy - baseline) (Eq. 4).
+
+    ``exit_costs``: (K + 1,) cost of leaving at each exit, then the fallback - honest MACs (the paper's
+    acceleration ratio) or measured milliseconds (a latency table); ``reference_cost``: the plain network's.
 
     Roulette selection on shifted fitness, single-point crossover per pair, bit-flip mutation,
     ``elite`` best genomes carried over unchanged. ``baseline``: ``"deepest"``, ``"ensemble"`` or an
@@ -88,12 +92,12 @@ def genetic_search(
         base = float(baseline)
     g = torch.Generator().manual_seed(seed)
     k = cache.num_exits
-    conf, outcome = cache.confidence(), cache.outcome(fallback)
+    conf, outcome = cache.confidence(temperatures), cache.outcome(fallback)
     genes = torch.rand(population, k, bits, generator=g) < 0.5
 
     def fitness_of(pop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        acc, macs = population_scores(conf, outcome, decode_genes(pop), exit_macs)
-        return reference_macs / macs + beta * (acc.double() - base), acc, macs
+        acc, cost = population_scores(conf, outcome, decode_genes(pop), exit_costs)
+        return reference_cost / cost + beta * (acc.double() - base), acc, cost
 
     history = []
     for _ in range(generations):
@@ -150,8 +154,10 @@ def budgeted_thresholds(confidence: torch.Tensor, proportions: torch.Tensor) -> 
     return thresholds
 
 
-def budget_sweep(val: ExitCache, steps: int = 40, step: float = 1 / 20) -> list[tuple[float, torch.Tensor]]:
-    """(p, thresholds) for p in step, 2*step, ..., steps*step (MSDNet: 1/20 .. 40/20)."""
-    conf = val.confidence()
+def budget_sweep(val: ExitCache, steps: int = 40, step: float = 1 / 20,
+                 temperatures: list[float] | None = None) -> list[tuple[float, torch.Tensor]]:
+    """(p, thresholds) for p in step, 2*step, ..., steps*step (MSDNet: 1/20 .. 40/20), on the confidences at
+    ``temperatures``."""
+    conf = val.confidence(temperatures)
     return [(p, budgeted_thresholds(conf, budget_proportions(p, val.num_exits)))
             for p in (step * (j + 1) for j in range(steps))]

@@ -1,80 +1,153 @@
-"""Wall-clock time of the real early-exit predictor against the full network, on the same images."""
+"""Wall-clock time of the real early-exit predictor against the plain network, on the same images.
+
+Both sides run the same deployment form (:mod:`scan_lightning.inference.deploy`), interleaved pass by pass so
+that load changes on the machine hit both alike; every call is timed alone (an accelerator is synchronised
+before the clock is read), so each side gets throughput (median pass, with its spread) and per-batch
+latency percentiles. Speed is said as "1.30x faster" or "0.80x the speed", never "x fewer".
+"""
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
 
 import torch
 
 from scan_lightning.inference.cost import CostTable
-from scan_lightning.inference.deploy import fold_batchnorm
+from scan_lightning.inference.deploy import DeployedNetwork
 from scan_lightning.inference.policy import ExitPolicy
-from scan_lightning.inference.predictor import EarlyExitPredictor, full_network
-from scan_lightning.models.multi_exit import MultiExitNetwork
+from scan_lightning.inference.predictor import EarlyExitPredictor
+
+
+def speed_phrase(ratio: float) -> str:
+    """``1.30x faster`` or ``0.80x the speed``."""
+    return f"{ratio:.2f}x faster" if ratio >= 1.0 else f"{ratio:.2f}x the speed"
+
+
+class Stopwatch:
+    """Times calls on ``device``, synchronising an accelerator before reading the clock."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
+
+    def ms(self, fn: Callable[[], object]) -> float:
+        self.sync()
+        start = time.perf_counter()
+        fn()
+        self.sync()
+        return 1e3 * (time.perf_counter() - start)
+
+    def median_ms(self, fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+        for _ in range(warmup):
+            fn()
+        return statistics.median(self.ms(fn) for _ in range(repeats))
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+@dataclass
+class SideTiming:
+    """One side's passes over the same images: ms per image (median pass, quartiles), per-call latency."""
+
+    ms_per_image: float
+    ms_per_image_q1: float
+    ms_per_image_q3: float
+    call_p50_ms: float
+    call_p95_ms: float
+
+    @property
+    def images_per_s(self) -> float:
+        return 1e3 / self.ms_per_image
+
+    @classmethod
+    def from_calls(cls, passes: list[list[float]], images: int) -> "SideTiming":
+        per_image = [sum(p) / images for p in passes]
+        q = statistics.quantiles(per_image, n=4) if len(per_image) > 1 else per_image * 3
+        calls = [c for p in passes for c in p]
+        return cls(statistics.median(per_image), q[0], q[-1], _percentile(calls, 50), _percentile(calls, 95))
+
+
+def interleaved_calls(fns: list[Callable[[torch.Tensor], object]], batches: list[torch.Tensor], repeats: int,
+                      watch: Stopwatch) -> list[list[list[float]]]:
+    """``repeats`` timed passes of every function over ``batches`` (one warm-up pass each first), the functions
+    alternating pass by pass (their order flipped every round). Returns, per function, per pass, the ms of
+    every call."""
+    for fn in fns:
+        for x in batches:
+            fn(x)
+    out: list[list[list[float]]] = [[] for _ in fns]
+    for r in range(repeats):
+        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
+        for j in order:
+            out[j].append([watch.ms(lambda x=x, f=fns[j]: f(x)) for x in batches])
+    return out
 
 
 @dataclass
 class TimingResult:
     batch_size: int
     images: int
-    full_ms_per_image: float
-    early_exit_ms_per_image: float
-    wall_speedup: float
+    device: str
+    full: SideTiming
+    early_exit: SideTiming
     mac_speedup: float      # plain-network MACs / mean honest MACs of the early-exit run, same images
+
+    @property
+    def wall_speedup(self) -> float:
+        return self.full.ms_per_image / self.early_exit.ms_per_image
 
     @property
     def efficiency(self) -> float:
         """wall speed-up / MAC speed-up: how much of the counted saving is real."""
         return self.wall_speedup / self.mac_speedup
 
+    @property
+    def full_ms_per_image(self) -> float:
+        return self.full.ms_per_image
+
+    @property
+    def early_exit_ms_per_image(self) -> float:
+        return self.early_exit.ms_per_image
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "efficiency": self.efficiency}
-
-
-def _pass_time(fn, batches: list[torch.Tensor]) -> float:
-    start = time.perf_counter()
-    for x in batches:
-        fn(x)
-    return time.perf_counter() - start
-
-
-def _best_times(fns: list, batches: list[torch.Tensor], repeats: int) -> list[float]:
-    """Best of ``repeats`` passes of each function over ``batches``, the functions interleaved so that
-    load changes on the machine hit all of them alike; one warm-up pass each first."""
-    for fn in fns:
-        _pass_time(fn, batches)
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for j, fn in enumerate(fns):
-            best[j] = min(best[j], _pass_time(fn, batches))
-    return best
+        return {"batch_size": self.batch_size, "images": self.images, "device": self.device,
+                "full": {**asdict(self.full), "images_per_s": self.full.images_per_s},
+                "early_exit": {**asdict(self.early_exit), "images_per_s": self.early_exit.images_per_s},
+                "full_ms_per_image": self.full_ms_per_image, "early_exit_ms_per_image": self.early_exit_ms_per_image,
+                "wall_speedup": self.wall_speedup, "mac_speedup": self.mac_speedup, "efficiency": self.efficiency}
 
 
 @torch.inference_mode()
-def time_early_exit(net: MultiExitNetwork, predictor: EarlyExitPredictor, costs: CostTable, images: torch.Tensor,
-                    batch_size: int, repeats: int = 3) -> TimingResult:
-    """Time the plain full network and the early-exit predictor over ``images`` in batches of ``batch_size``."""
-    net.eval()
-    batches = list(images.split(batch_size))
+def time_early_exit(net: DeployedNetwork, predictor: EarlyExitPredictor, costs: CostTable, images: torch.Tensor,
+                    batch_size: int, repeats: int = 5) -> TimingResult:
+    """Time the plain network and the early-exit predictor over ``images`` in batches of ``batch_size``."""
+    device = next(net.parameters()).device
+    batches = list(images.to(device).split(batch_size))
     n = images.shape[0]
-    full, early = _best_times([lambda x: full_network(net, x), predictor], batches, repeats)
-    macs = torch.cat([predictor(x).macs for x in batches]).mean().item()
-    return TimingResult(batch_size, n, 1e3 * full / n, 1e3 * early / n, full / early, costs.plain_macs / macs)
+    full, early = interleaved_calls([net.plain, predictor], batches, repeats, Stopwatch(device))
+    macs = torch.cat([predictor(x).macs for x in batches]).double().mean().item()
+    return TimingResult(batch_size, n, str(device), SideTiming.from_calls(full, n), SideTiming.from_calls(early, n),
+                        costs.plain_macs / macs)
 
 
-def measure_wall_clock(net: MultiExitNetwork, costs: CostTable, policy: ExitPolicy, images: torch.Tensor,
-                       batch_sizes=(1, 256), repeats: int = 3) -> list[TimingResult]:
-    """:func:`time_early_exit` at each batch size, for the predictor at ``thresholds``.
-
-    Both the full network and the predictor run the deployment form of ``net``: BatchNorm folded
-    into the convolutions (:func:`fold_batchnorm`).
-    """
-    net = fold_batchnorm(net)
+def measure_wall_clock(net: DeployedNetwork, costs: CostTable, policy: ExitPolicy, images: torch.Tensor,
+                       batch_sizes: Iterable[int] = (1, 256), repeats: int = 5) -> list[TimingResult]:
+    """:func:`time_early_exit` at each batch size, the predictor at ``policy``, both sides in ``net``'s form."""
     predictor = EarlyExitPredictor(net, policy, costs)
     return [time_early_exit(net, predictor, costs, images, int(bs), int(repeats)) for bs in batch_sizes]
 
 
-def first_images(batches, n: int) -> torch.Tensor:
+def first_images(batches: Iterable, n: int) -> torch.Tensor:
     """The first ``n`` images of an iterable of ``(x, y)`` batches."""
     taken, count = [], 0
     for x, _ in batches:

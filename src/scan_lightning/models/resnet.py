@@ -1,7 +1,8 @@
 """ResNets cut into stem+stage sections, built from torchvision's residual blocks.
 
 ``stem="cifar"`` is the 3x3 stride-1 stem without max-pool used by SCAN on 32x32 images;
-``stem="imagenet"`` is torchvision's 7x7/2 stem with 3x3/2 max-pool. ``width`` scales every stage's
+``stem="imagenet"`` is torchvision's 7x7/2 stem with 3x3/2 max-pool; ``stem="small"`` is a 3x3 stride-2 stem for
+small images on a CPU (the quickstart: 28x28 -> 14x14 before the first stage, so no layer works at full size). ``width`` scales every stage's
 channel count (1.0 = the paper's 64-128-256-512) so CPU-sized variants keep the same topology.
 """
 from __future__ import annotations
@@ -15,14 +16,15 @@ from scan_lightning.models.backbone import SectionedBackbone, SectionInfo
 from scan_lightning.models.layers import he_init
 from scan_lightning.models.registry import register_backbone
 
-Stem = Literal["cifar", "imagenet"]
-STEMS = ("cifar", "imagenet")
+Stem = Literal["cifar", "imagenet", "small"]
+STEMS = ("cifar", "imagenet", "small")
 
 
 def _stem(kind: str, in_channels: int, out_channels: int) -> tuple[nn.Sequential, int]:
-    if kind == "cifar":
-        conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False)
-        return nn.Sequential(conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)), 1
+    if kind in ("cifar", "small"):
+        stride = 1 if kind == "cifar" else 2
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
+        return nn.Sequential(conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)), stride
     if kind == "imagenet":
         conv = nn.Conv2d(in_channels, out_channels, kernel_size=7, stride=2, padding=3, bias=False)
         pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)

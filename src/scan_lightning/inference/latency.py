@@ -1,0 +1,71 @@
+"""A latency table: the measured time of every section and exit of the deployment form, per image.
+
+Measured once, on the machine and device that will serve the network, at one batch size; the threshold
+search can then optimise time instead of MACs (``search.cost=latency``). A sample leaving at exit k is
+charged sections 1..k and exits 1..k, as in the MAC count; the fallback ran everything.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from scan_lightning.inference.deploy import DeployedNetwork
+from scan_lightning.inference.timing import Stopwatch
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    batch_size: int
+    device: str
+    section_ms: list[float]   # per image, median over repeats
+    exit_ms_own: list[float]  # each exit's own time per image (attention, head, ISC, confidence)
+    deep_head_ms: float       # the plain network's head (pool + Linear) per image
+
+    @property
+    def cumulative_ms(self) -> torch.Tensor:
+        """(K,) ms per image of leaving at each exit: every section and exit up to it."""
+        return torch.tensor(self.section_ms, dtype=torch.float64).add(
+            torch.tensor(self.exit_ms_own, dtype=torch.float64)).cumsum(0)
+
+    @property
+    def exit_ms(self) -> torch.Tensor:
+        """(K + 1,) cost of leaving at each exit, then of the fallback (ran everything)."""
+        cum = self.cumulative_ms
+        return torch.cat([cum, cum[-1:]])
+
+    @property
+    def plain_ms(self) -> float:
+        """The plain network: every section and the deep head alone."""
+        return sum(self.section_ms) + self.deep_head_ms
+
+    def to_dict(self) -> dict:
+        return {"batch_size": self.batch_size, "device": self.device, "section_ms": self.section_ms,
+                "exit_ms_own": self.exit_ms_own, "deep_head_ms": self.deep_head_ms,
+                "cumulative_ms": self.cumulative_ms.tolist(), "plain_ms": self.plain_ms}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LatencyTable":
+        return cls(int(data["batch_size"]), str(data["device"]), list(data["section_ms"]),
+                   list(data["exit_ms_own"]), float(data["deep_head_ms"]))
+
+
+@torch.inference_mode()
+def measure_latency(net: DeployedNetwork, images: torch.Tensor, batch_size: int = 1, repeats: int = 20
+                    ) -> LatencyTable:
+    """Time each section and each exit of ``net`` on ``batch_size`` of ``images`` (median of ``repeats``)."""
+    x = net.prepare(images[:batch_size])
+    watch = Stopwatch(x.device)
+    hs, h = [], x
+    for i in range(net.num_exits):      # the input each section sees
+        hs.append(h)
+        h = net.section(i, h)
+    sections, exits, previous = [], [], None
+    for i in range(net.num_exits):
+        h_in = hs[i]
+        out = net.section(i, h_in)
+        sections.append(watch.median_ms(lambda i=i, h=h_in: net.section(i, h), repeats) / batch_size)
+        exits.append(watch.median_ms(lambda i=i, h=out, p=previous: net.exit(i, h, p), repeats) / batch_size)
+        previous = net.exit(i, out, previous)
+    deep = watch.median_ms(lambda: net.deep(out), repeats) / batch_size
+    return LatencyTable(batch_size, str(x.device), sections, exits, deep)
