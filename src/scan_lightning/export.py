@@ -1,0 +1,143 @@
+"""Export a checkpoint for deployment: ``python -m scan_lightning.export ckpt_path=... format=torchscript|onnx`` (Hydra).
+
+The BatchNorm-folded network, its exit policy (``thresholds.json`` beside the checkpoint, ``thresholds_path``
+or given ``thresholds``) and its cost table go into one TorchScript file whose forward really exits early,
+or into an ONNX directory (one graph per section and per exit, ``manifest.json``) that
+``scan_lightning.inference.onnx_runner.OnnxEarlyExit`` runs on onnxruntime. Neither needs the project's
+config to run.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from scan_lightning.config import config_dir
+
+FORMATS = ("torchscript", "onnx")
+CHECK_BATCH = 16
+
+
+def _missing(*modules: str) -> list[str]:
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+def check_export_config(cfg: DictConfig) -> None:
+    """Everything that can be checked before the checkpoint is read: one clear error each."""
+    fmt = cfg.get("format")
+    if fmt not in FORMATS:
+        raise ValueError(f"format={fmt!r} is not allowed; choose one of {FORMATS}")
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt or not Path(ckpt).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt} does not exist")
+    if fmt == "onnx":
+        from scan_lightning.inference.export import ONNX_EXPORTERS
+
+        exporter = cfg.get("onnx_exporter", "dynamo")
+        if exporter not in ONNX_EXPORTERS:
+            raise ValueError(f"onnx_exporter={exporter!r} is not allowed; choose one of {ONNX_EXPORTERS}")
+        missing = _missing("onnx", *(["onnxscript"] if exporter == "dynamo" else []))
+        if missing:
+            raise ValueError(f"format=onnx needs {', '.join(missing)}: pip install 'scan_lightning[deploy]'")
+    if cfg.get("thresholds") is not None and cfg.get("thresholds_path"):
+        raise ValueError("give either thresholds or thresholds_path, not both")
+    if cfg.get("thresholds_path") and not Path(cfg.thresholds_path).is_file():
+        raise FileNotFoundError(f"thresholds_path={cfg.thresholds_path} does not exist")
+
+
+def _policy(cfg: DictConfig, ckpt: Path, num_exits: int):
+    from scan_lightning.inference.policy import ExitPolicy, check_thresholds
+
+    if cfg.get("thresholds") is not None:
+        given = OmegaConf.to_container(cfg.thresholds, resolve=True) if OmegaConf.is_config(cfg.thresholds) \
+            else cfg.thresholds
+        if not isinstance(given, (list, tuple)):
+            raise ValueError(f"thresholds={given!r} must be a list with one value per exit")
+        temps = cfg.get("temperatures")
+        temps = list(temps) if temps is not None else None
+        check_thresholds(list(given), num_exits, temps)
+        return ExitPolicy.create(list(given), temps, cfg.get("fallback") or "ensemble", num_exits=num_exits)
+    path = Path(cfg.thresholds_path) if cfg.get("thresholds_path") else ckpt.parent / "thresholds.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the exit policy comes from the thresholds.json the threshold "
+                                f"search writes beside the checkpoint; give thresholds_path=... or thresholds=[...]")
+    return ExitPolicy.load(path, num_exits)
+
+
+def _default_output(ckpt: Path, fmt: str) -> Path:
+    return ckpt.with_suffix(".pt") if fmt == "torchscript" else ckpt.parent / f"{ckpt.stem}_onnx"
+
+
+def _check(fmt: str, output: Path, net, policy, costs) -> dict[str, Any]:
+    """Load the artefact as a user would and compare it with the eager predictor on random images."""
+    import torch
+
+    from scan_lightning.inference.predictor import EarlyExitPredictor
+
+    x = torch.randn(CHECK_BATCH, *costs.input_shape, generator=torch.Generator().manual_seed(0))
+    want = EarlyExitPredictor(net, policy, costs)(x)
+    if fmt == "torchscript":
+        prediction, exit_index, _, _ = torch.jit.load(str(output))(x)
+    else:
+        if _missing("onnxruntime"):
+            return {"skipped": "onnxruntime is not installed (pip install 'scan_lightning[deploy]')"}
+        from scan_lightning.inference.onnx_runner import OnnxEarlyExit
+
+        got = OnnxEarlyExit(output)(x.numpy())
+        prediction, exit_index = torch.from_numpy(got.prediction), torch.from_numpy(got.exit_index)
+    same = (prediction == want.prediction) & (exit_index == want.exit_index)
+    return {"samples": CHECK_BATCH, "agree": int(same.sum())}
+
+
+def export(cfg: DictConfig) -> dict[str, Any]:
+    """Load ``cfg.ckpt_path`` (weights_only), fold BatchNorm, write the artefact; returns what was written."""
+    check_export_config(cfg)
+    from scan_lightning.inference.cost import measure_costs
+    from scan_lightning.inference.deploy import fold_batchnorm
+    from scan_lightning.inference.export import export_onnx, export_torchscript
+    from scan_lightning.module import MultiExitModule
+
+    ckpt = Path(cfg.ckpt_path)
+    module = MultiExitModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    net = module.net.eval()
+    policy = _policy(cfg, ckpt, net.num_exits)
+    data = module.hparams.run_config["data"]
+    shape = (int(data["in_channels"]), int(data["image_size"]), int(data["image_size"]))
+    costs = measure_costs(net, shape)
+    deploy = fold_batchnorm(net) if cfg.get("fold_batchnorm", True) else net
+    fmt = cfg.format
+    output = Path(cfg.output) if cfg.get("output") else _default_output(ckpt, fmt)
+    if fmt == "torchscript":
+        export_torchscript(deploy, policy, costs, output, freeze=bool(cfg.get("freeze", True)))
+    else:
+        export_onnx(deploy, policy, costs, output, exporter=cfg.get("onnx_exporter", "dynamo"))
+    result: dict[str, Any] = {"format": fmt, "output": str(output), "checkpoint": str(ckpt),
+                              "num_exits": net.num_exits, "input_shape": list(shape), "policy": policy.to_dict()}
+    print(f"wrote {output} ({fmt}; {net.num_exits} exits, input {'x'.join(map(str, shape))}, "
+          f"thresholds {[round(t, 4) for t in policy.thresholds]}, fallback {policy.fallback})")
+    if cfg.get("check", True):
+        result["check"] = _check(fmt, output, deploy, policy, costs)
+        check = result["check"]
+        if "skipped" in check:
+            print(f"check skipped: {check['skipped']}")
+        else:
+            print(f"check: {check['agree']}/{check['samples']} random images take the same exit and answer as the "
+                  f"eager early-exit predictor")
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="export")
+def main(cfg: DictConfig) -> None:
+    try:
+        export(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
