@@ -23,7 +23,7 @@ from scan_lightning.inference import (
     exit_confidence,
     measure_costs,
 )
-from scan_lightning.inference.deploy import fold_batchnorm
+from scan_lightning.inference.deploy import deploy, fold_batchnorm
 from scan_lightning.inference.export import (
     MANIFEST,
     TORCHSCRIPT_META,
@@ -56,11 +56,18 @@ NETWORKS = {
     "vgg": lambda: (MultiExitNetwork(build_backbone("vgg16_bn", width=0.0625), 4, bottleneck_width=8), (3, 32, 32)),
     "msdnet_isc_identity": lambda: msdnet(isc="identity"),
     "resnet_isc_linear": lambda: resnet(isc="linear"),
+    "resnet_deployed": lambda: resnet(),     # exported from deploy(net): patchify GEMMs, channels-last
 }
+DEPLOYED = {"resnet_deployed"}
 SLOW_NETWORKS = {"msdnet": lambda: msdnet(), "msdnet2_isc_linear": lambda: msdnet(2, isc="linear")}
 SETTINGS = {  # name -> (seed, fallback, random temperatures)
-    "resnet": (0, "ensemble", False), "vgg": (1, "deepest", False), "msdnet_isc_identity": (2, "ensemble", True),
-    "resnet_isc_linear": (3, "deepest", True), "msdnet": (4, "deepest", False), "msdnet2_isc_linear": (5, "ensemble", True),
+    "resnet": (0, "ensemble", False),
+    "vgg": (1, "deepest", False),
+    "msdnet_isc_identity": (2, "ensemble", True),
+    "resnet_isc_linear": (3, "deepest", True),
+    "msdnet": (4, "deepest", False),
+    "msdnet2_isc_linear": (5, "ensemble", True),
+    "resnet_deployed": (6, "ensemble", True),
 }
 
 
@@ -89,13 +96,13 @@ class Case:
         g = torch.Generator().manual_seed(seed)
         raw, shape = {**NETWORKS, **SLOW_NETWORKS}[name]()
         self.name, self.shape = name, shape
-        self.net = fold_batchnorm(raw.eval())
-        self.costs = measure_costs(self.net, shape)
+        self.net = deploy(raw.eval()) if name in DEPLOYED else fold_batchnorm(raw.eval())
+        self.costs = measure_costs(raw, shape)
         self.x = torch.randn(BATCH, *shape, generator=g) * 3
         k = self.net.num_exits
         temperatures = (0.5 + 1.5 * torch.rand(k, generator=g)).tolist() if temper else [1.0] * k
         with torch.no_grad():
-            logits = self.net(self.x).logits
+            logits = self.net.all_exits(self.x) if name in DEPLOYED else self.net(self.x).logits
         self.policy = ExitPolicy.create(spread_thresholds(logits, temperatures, g), temperatures, fallback=fallback)
         predictor = EarlyExitPredictor(self.net, self.policy, self.costs)
         self.batched = predictor(self.x)
@@ -295,6 +302,7 @@ def test_export_command_writes_both_formats(trained, tmp_path, capsys):
     saved = json.loads((trained.parent / "thresholds.json").read_text())
     ts = export(compose_export(f"ckpt_path={trained}", "format=torchscript"))
     assert ts["output"] == str(trained.with_suffix(".pt")) and ts["check"] == {"samples": 16, "agree": 16}
+    assert ts["form"] == "deploy"
     model, meta = load_torchscript(ts["output"])
     assert meta["policy"]["thresholds"] == saved["thresholds"] and meta["input_shape"] == [3, 32, 32]
     assert model(torch.randn(5, 3, 32, 32))[0].shape == (5,)
@@ -302,7 +310,8 @@ def test_export_command_writes_both_formats(trained, tmp_path, capsys):
 
     if importlib.util.find_spec("onnxruntime") is not None:
         given = export(compose_export(f"ckpt_path={trained}", "format=onnx", f"output={tmp_path / 'onnx'}",
-                                      "onnx_exporter=legacy", "thresholds=[0.6,0.7,0.8,0.9]", "fallback=deepest"))
+                                      "onnx_exporter=legacy", "thresholds=[0.6,0.7,0.8,0.9]", "fallback=deepest",
+                                      "form=fold_batchnorm"))
         assert given["check"] == {"samples": 16, "agree": 16}
         manifest = json.loads((tmp_path / "onnx" / MANIFEST).read_text())
         assert manifest["policy"] == {"thresholds": [0.6, 0.7, 0.8, 0.9], "temperatures": [1.0] * 4,
@@ -318,6 +327,7 @@ def test_export_command_writes_both_formats(trained, tmp_path, capsys):
 @pytest.mark.parametrize("override,needle", [
     ("format=tflite", "format='tflite' is not allowed; choose one of ('torchscript', 'onnx')"),
     ("format=onnx", "nope.ckpt does not exist"),
+    ("form=compiled", "form='compiled' is not allowed; choose one of ('deploy', 'fold_batchnorm', 'none')"),
 ])
 def test_cli_bad_input_is_one_clear_error(tmp_path, override, needle):
     proc = subprocess.run([sys.executable, "-m", "scan_lightning.export", f"ckpt_path={tmp_path / 'nope.ckpt'}",

@@ -1,8 +1,8 @@
 """Export a checkpoint for deployment: ``python -m scan_lightning.export ckpt_path=... format=torchscript|onnx`` (Hydra).
 
-The BatchNorm-folded network, its exit policy (``thresholds.json`` beside the checkpoint, ``thresholds_path``
-or given ``thresholds``) and its cost table go into one TorchScript file whose forward really exits early,
-or into an ONNX directory (one graph per section and per exit, ``manifest.json``) that
+The network in deployment form (``form``: ``deploy(net)`` by default, or BN folded only), its exit policy
+(``thresholds.json`` beside the checkpoint, ``thresholds_path`` or given ``thresholds``) and its cost table
+go into one TorchScript file whose forward really exits early, or into an ONNX directory (one graph per section and per exit, ``manifest.json``) that
 ``scan_lightning.inference.onnx_runner.OnnxEarlyExit`` runs on onnxruntime. Neither needs the project's
 config to run.
 """
@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from scan_lightning.config import config_dir
 
 FORMATS = ("torchscript", "onnx")
+FORMS = ("deploy", "fold_batchnorm", "none")
 CHECK_BATCH = 16
 
 
@@ -31,6 +32,9 @@ def check_export_config(cfg: DictConfig) -> None:
     fmt = cfg.get("format")
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r} is not allowed; choose one of {FORMATS}")
+    form = cfg.get("form", "deploy")
+    if form not in FORMS:
+        raise ValueError(f"form={form!r} is not allowed; choose one of {FORMS}")
     ckpt = cfg.get("ckpt_path")
     if not ckpt or not Path(ckpt).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt} does not exist")
@@ -97,7 +101,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     """Load ``cfg.ckpt_path`` (weights_only), fold BatchNorm, write the artefact; returns what was written."""
     check_export_config(cfg)
     from scan_lightning.inference.cost import measure_costs
-    from scan_lightning.inference.deploy import fold_batchnorm
+    from scan_lightning.inference.deploy import DeployOptions, deploy, fold_batchnorm
     from scan_lightning.inference.export import export_onnx, export_torchscript
     from scan_lightning.module import MultiExitModule
 
@@ -108,19 +112,21 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     data = module.hparams.run_config["data"]
     shape = (int(data["in_channels"]), int(data["image_size"]), int(data["image_size"]))
     costs = measure_costs(net, shape)
-    deploy = fold_batchnorm(net) if cfg.get("fold_batchnorm", True) else net
+    form = cfg.get("form", "deploy")
+    exported = (deploy(net, DeployOptions(compile=False)) if form == "deploy"
+                else fold_batchnorm(net) if form == "fold_batchnorm" else net)
     fmt = cfg.format
     output = Path(cfg.output) if cfg.get("output") else _default_output(ckpt, fmt)
     if fmt == "torchscript":
-        export_torchscript(deploy, policy, costs, output, freeze=bool(cfg.get("freeze", True)))
+        export_torchscript(exported, policy, costs, output, freeze=bool(cfg.get("freeze", True)))
     else:
-        export_onnx(deploy, policy, costs, output, exporter=cfg.get("onnx_exporter", "dynamo"))
-    result: dict[str, Any] = {"format": fmt, "output": str(output), "checkpoint": str(ckpt),
+        export_onnx(exported, policy, costs, output, exporter=cfg.get("onnx_exporter", "dynamo"))
+    result: dict[str, Any] = {"format": fmt, "form": form, "output": str(output), "checkpoint": str(ckpt),
                               "num_exits": net.num_exits, "input_shape": list(shape), "policy": policy.to_dict()}
-    print(f"wrote {output} ({fmt}; {net.num_exits} exits, input {'x'.join(map(str, shape))}, "
+    print(f"wrote {output} ({fmt}, {form}; {net.num_exits} exits, input {'x'.join(map(str, shape))}, "
           f"thresholds {[round(t, 4) for t in policy.thresholds]}, fallback {policy.fallback})")
     if cfg.get("check", True):
-        result["check"] = _check(fmt, output, deploy, policy, costs)
+        result["check"] = _check(fmt, output, exported, policy, costs)
         check = result["check"]
         if "skipped" in check:
             print(f"check skipped: {check['skipped']}")

@@ -10,7 +10,9 @@ stops. ``forward(x)`` returns ``(prediction, exit_index, macs, confidence)`` lik
 ONNX: one graph per section and per exit (batch axis dynamic) and ``manifest.json``; the runner
 :class:`~scan_lightning.inference.onnx_runner.OnnxEarlyExit` walks them the same way on onnxruntime.
 
-Export the deployment form, ``fold_batchnorm(net)``; these functions export the network they are given.
+These functions export the network they are given: a :class:`MultiExitNetwork` (e.g. ``fold_batchnorm(net)``)
+or one in deployment form (``deploy(net)``, a :class:`DeployedNetwork`: BN folded, patchify convs as GEMMs,
+channels-last; the TorchScript file then converts its input to channels-last itself).
 """
 from __future__ import annotations
 
@@ -26,8 +28,11 @@ import torch
 from torch import Tensor, nn
 
 from scan_lightning.inference.cost import CostTable
+from scan_lightning.inference.deploy import DeployedNetwork
 from scan_lightning.inference.policy import ExitPolicy
 from scan_lightning.models.multi_exit import MultiExitNetwork
+
+Network = MultiExitNetwork | DeployedNetwork
 
 TORCHSCRIPT_META = "scan_lightning.json"   # name of the metadata entry among the file's _extra_files
 MANIFEST = "manifest.json"
@@ -44,7 +49,7 @@ def exit_macs_list(costs: CostTable) -> list[float]:
     return [*cum, cum[-1]]
 
 
-def export_metadata(net: MultiExitNetwork, policy: ExitPolicy, costs: CostTable) -> dict[str, Any]:
+def export_metadata(net: Network, policy: ExitPolicy, costs: CostTable) -> dict[str, Any]:
     """What an exported artefact carries besides its graphs: policy, cost table, input shape, classes."""
     policy = policy.for_exits(net.num_exits)
     if len(costs.exits) != net.num_exits:
@@ -114,7 +119,7 @@ def _clone(h: list[Tensor]) -> list[Tensor]:
     return [t.clone() for t in h]
 
 
-def _branch(net: MultiExitNetwork, i: int) -> nn.Module:
+def _branch(net: Network, i: int) -> nn.Module:
     """Exit ``i`` as one module ``(h, previous) -> (logits, feature)``: ``net.exit_branch(i)``, or the ``exits``
     of a network already in deployment form."""
     return net.exit_branch(i) if hasattr(net, "exit_branch") else net.exits[i]
@@ -125,7 +130,7 @@ def _channels_last(net: nn.Module) -> bool:
     return bool(getattr(getattr(net, "options", None), "channels_last", False))
 
 
-def _steps(net: MultiExitNetwork, example: Tensor) -> tuple[list[SectionStep], list[ExitStep], list[list[Tensor]],
+def _steps(net: Network, example: Tensor) -> tuple[list[SectionStep], list[ExitStep], list[list[Tensor]],
                                                              list[Tensor]]:
     """The section and exit steps, and each section's example input and each exit's example logits."""
     sections, exits, inputs, logits = [], [], [], []
@@ -226,7 +231,7 @@ def _trace(module: nn.Module, args: tuple) -> torch.jit.ScriptModule:
         return torch.jit.trace(module, args, strict=False, check_trace=False)
 
 
-def build_torchscript(net: MultiExitNetwork, policy: ExitPolicy, costs: CostTable, freeze: bool = True,
+def build_torchscript(net: Network, policy: ExitPolicy, costs: CostTable, freeze: bool = True,
                       optimize: bool = False) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     """The scripted early-exit module and its metadata (see :func:`export_torchscript`).
 
@@ -284,7 +289,7 @@ def _optimise(frozen: torch.jit.ScriptModule, example: Tensor) -> torch.jit.Scri
     return optimised
 
 
-def export_torchscript(net: MultiExitNetwork, policy: ExitPolicy, costs: CostTable, path: str | Path,
+def export_torchscript(net: Network, policy: ExitPolicy, costs: CostTable, path: str | Path,
                        freeze: bool = True) -> Path:
     """Write one TorchScript file that exits early; ``torch.jit.load(path)`` runs it without this package.
 
@@ -342,7 +347,7 @@ def _onnx_export(module: nn.Module, args: tuple, path: Path, input_names: list[s
                               dynamic_axes={name: {0: "batch"} for name in [*input_names, *output_names]})
 
 
-def export_onnx(net: MultiExitNetwork, policy: ExitPolicy, costs: CostTable, directory: str | Path,
+def export_onnx(net: Network, policy: ExitPolicy, costs: CostTable, directory: str | Path,
                 exporter: str = "dynamo") -> Path:
     """Write ``section{i}.onnx`` and ``exit{i}.onnx`` (batch axis dynamic) and ``manifest.json`` into ``directory``.
 
