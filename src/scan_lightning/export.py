@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,10 @@ def _check(fmt: str, output: Path, net, policy, costs) -> dict[str, Any]:
     x = torch.randn(CHECK_BATCH, *costs.input_shape, generator=torch.Generator().manual_seed(0))
     want = EarlyExitPredictor(net, policy, costs)(x)
     if fmt == "torchscript":
-        prediction, exit_index, _, _ = torch.jit.load(str(output))(x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)   # torch 2.9+: "torch.jit.load is deprecated"
+            model = torch.jit.load(str(output))
+        prediction, exit_index, _, _ = model(x)
     else:
         if _missing("onnxruntime"):
             return {"skipped": "onnxruntime is not installed (pip install 'scan_lightning[deploy]')"}

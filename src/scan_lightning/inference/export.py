@@ -302,7 +302,9 @@ def export_torchscript(net: Network, policy: ExitPolicy, costs: CostTable, path:
     scripted, meta = build_torchscript(net, policy, costs, freeze=freeze)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(scripted, str(path), _extra_files={TORCHSCRIPT_META: json.dumps(meta)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)       # torch 2.9+: "torch.jit.save is deprecated"
+        torch.jit.save(scripted, str(path), _extra_files={TORCHSCRIPT_META: json.dumps(meta)})
     return path
 
 
@@ -310,7 +312,9 @@ def load_torchscript(path: str | Path, map_location: str | torch.device | None =
                      ) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     """An exported TorchScript file and its metadata (what ``torch.jit.load`` with ``_extra_files`` gives)."""
     extra = {TORCHSCRIPT_META: ""}
-    module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)       # torch 2.9+: "torch.jit.load is deprecated"
+        module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
     return module, json.loads(extra[TORCHSCRIPT_META])
 
 
