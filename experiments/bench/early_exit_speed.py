@@ -126,6 +126,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt", default=None, help="trained checkpoint (default: untrained config networks)")
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd deployment form")
+    parser.add_argument("--onnxruntime", action="store_true", help="also time the form run by onnxruntime")
     parser.add_argument("--only", default=None, help="substring of the network names to run")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
@@ -134,6 +135,8 @@ def main() -> None:
     forms = {"eager": None, "deploy": DeployOptions()}
     if args.compile:
         forms["deploy+compile"] = DeployOptions(compile=True)
+    if args.onnxruntime:
+        forms["deploy+onnxruntime"] = DeployOptions(onnxruntime=True)
     rows, profiles, meta_nets = [], [], {}
     for name, (overrides, n_images, repeats) in nets.items():
         if args.only and args.only not in name:
@@ -144,7 +147,7 @@ def main() -> None:
                            "exit_macs": [e.cumulative_macs for e in costs.exits]}
         images = torch.randn(n_images, *shape)
         for form, options in forms.items():
-            deployed = DeployedNetwork(net) if options is None else deploy(net, options)
+            deployed = DeployedNetwork(net) if options is None else deploy(net, options, costs)
             profiles.append(profile(name, form, deployed, costs, images[:256]))
             rows += sweep(name, form, deployed, costs, images, repeats)
     ga = time_ga()

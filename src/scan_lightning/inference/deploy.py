@@ -5,7 +5,9 @@
 - "patchify" convolutions (kernel = stride, no padding: the SCAN bottleneck's 8x8/8, 4x4/4, 2x2/2) run as one
   matrix product over non-overlapping patches, which oneDNN runs several times faster than the conv;
 - channels-last memory format, in which oneDNN's CPU convolutions (transposed ones especially) are fastest;
-- optionally ``torch.compile`` of every section and exit, batch size dynamic (compaction changes it).
+- optionally ``torch.compile`` of every section and exit, batch size dynamic (compaction changes it);
+- optionally onnxruntime (``onnxruntime=True``, the ``deploy`` extra): the rewritten parts exported to ONNX
+  and run by ORT sessions (:mod:`scan_lightning.inference.ort_backend`), far less per-layer overhead at batch 1.
 
 The plain network used as the baseline of every speed ratio (all sections + the deep head) is built from the
 same rewritten parts, so both sides get the same treatment.
@@ -20,17 +22,20 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
+from scan_lightning.inference.cost import CostTable
 from scan_lightning.models.multi_exit import ExitBranch, MultiExitNetwork, SectionOutput, exit_input
 
 
 @dataclass(frozen=True)
 class DeployOptions:
-    """Which rewrites :func:`deploy` applies (all on but ``compile``, which costs ~10-60 s per part up front)."""
+    """Which rewrites :func:`deploy` applies (all on but ``compile``, which costs ~10-60 s per part up front, and
+    ``onnxruntime``, an optional extra)."""
 
     fold_batchnorm: bool = True
     patch_matmul: bool = True
     channels_last: bool = True
     compile: bool = False
+    onnxruntime: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,6 +135,10 @@ class DeployedNetwork(nn.Module):
             self._exit_fns = [torch.compile(e, dynamic=True) for e in self._exit_fns]
             self._deep_fn = torch.compile(self._deep_fn, dynamic=True)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """The input in this form's memory format."""
         return x.contiguous(memory_format=torch.channels_last) if self.options.channels_last and x.dim() == 4 else x
@@ -167,14 +176,28 @@ class DeployedNetwork(nn.Module):
         return out
 
 
-def deploy(net: MultiExitNetwork, options: DeployOptions | None = None) -> DeployedNetwork:
-    """``net`` in deployment form (default: BN folded, patchify convs as GEMMs, channels-last, not compiled)."""
-    return DeployedNetwork(net, options or DeployOptions())
+def deploy(net: MultiExitNetwork, options: DeployOptions | None = None, costs: CostTable | None = None):
+    """``net`` in deployment form (default: BN folded, patchify convs as GEMMs, channels-last, not compiled).
+
+    With ``options.onnxruntime`` the parts run on onnxruntime (an ``OrtNetwork``; ``costs`` gives the input
+    shape to export with); otherwise a :class:`DeployedNetwork`.
+    """
+    options = options or DeployOptions()
+    if not options.onnxruntime:
+        return DeployedNetwork(net, options)
+    if costs is None:
+        raise ValueError("deploying on onnxruntime needs the cost table (its input shape) to export the parts")
+    if options.compile:
+        raise ValueError("timing.deploy: compile and onnxruntime exclude each other; choose one")
+    from scan_lightning.inference.ort_backend import OrtNetwork
+
+    return OrtNetwork(DeployedNetwork(net, options), costs)
 
 
-def as_deployed(net: MultiExitNetwork | DeployedNetwork) -> DeployedNetwork:
-    """``net`` itself if already deployed, else its parts as they are (no rewrite: outputs bit-identical)."""
-    return net if isinstance(net, DeployedNetwork) else DeployedNetwork(net)
+def as_deployed(net):
+    """``net`` itself if already in a deployment form, else its parts as they are (no rewrite: outputs
+    bit-identical)."""
+    return DeployedNetwork(net) if isinstance(net, MultiExitNetwork) else net
 
 
 __all__ = ["DeployOptions", "DeployedNetwork", "ExitBranch", "PatchMatmul", "as_deployed", "deploy",

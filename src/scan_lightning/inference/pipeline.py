@@ -62,7 +62,7 @@ def run_post_fit(net: MultiExitNetwork, val_batches: Iterable, test_batches: Ite
         latency, deployed, images = None, None, None
         if timing.get("enabled", True) or search.get("cost", "macs") == "latency":
             options = deploy_options(timing)
-            deployed = deploy(net, options)
+            deployed = deploy(net, options, costs)
             images = first_images(test_batches, int(timing.get("images", 512))).to(device)
             latency = measure_latency(deployed, images, int(timing.get("latency_batch_size", 64)))
         if policy is None:

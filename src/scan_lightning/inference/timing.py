@@ -131,7 +131,7 @@ class TimingResult:
 def time_early_exit(net: DeployedNetwork, predictor: EarlyExitPredictor, costs: CostTable, images: torch.Tensor,
                     batch_size: int, repeats: int = 5) -> TimingResult:
     """Time the plain network and the early-exit predictor over ``images`` in batches of ``batch_size``."""
-    device = next(net.parameters()).device
+    device = net.device
     batches = list(images.to(device).split(batch_size))
     n = images.shape[0]
     full, early = interleaved_calls([net.plain, predictor], batches, repeats, Stopwatch(device))

@@ -1,0 +1,104 @@
+"""scan_lightning.Predictor: from a checkpoint (thresholds beside it, given, or from a budget), from an export;
+predictions on tensors and DataLoaders; bad input."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import scan_lightning
+from scan_lightning.inference import ExitPolicy, measure_costs
+from scan_lightning.inference.deploy import deploy
+from scan_lightning.inference.predictor import EarlyExitPredictor
+from scan_lightning.module import MultiExitModule
+from scan_lightning.train import train
+from tests.test_train import FAST
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny fast_dev_run checkpoint and the thresholds.json its post-fit search wrote."""
+    from tests.conftest import compose_cfg
+
+    tmp = tmp_path_factory.mktemp("serving")
+    cfg = compose_cfg([*FAST, "trainer.fast_dev_run=true", "timing.enabled=false", "search.ga.generations=3"], tmp)
+    train(cfg)
+    out = Path(cfg.paths.output_dir)
+    return Path(json.loads((out / "summary.json").read_text())["checkpoint"]), out / "thresholds.json"
+
+
+def test_predictor_from_checkpoint_really_exits_like_the_predictor(run):
+    ckpt, thresholds = run
+    predictor = scan_lightning.Predictor.from_checkpoint(ckpt, thresholds=thresholds)
+    saved = json.loads(thresholds.read_text())
+    assert predictor.policy == ExitPolicy.from_dict(saved)
+    x = torch.randn(20, 3, 32, 32) * 3
+    out = predictor.predict(x, batch_size=8)
+    assert out.labels.shape == out.confidence.shape == out.exit_index.shape == out.macs.shape == (20,)
+    assert len(out.batch_ms) == 3 and out.ms_per_image > 0
+    net = MultiExitModule.load_from_checkpoint(ckpt, weights_only=True, map_location="cpu").net
+    ref = EarlyExitPredictor(deploy(net), predictor.policy, measure_costs(net, (3, 32, 32)))
+    expect = [ref(xb) for xb in x.split(8)]
+    assert torch.equal(out.exit_index, torch.cat([r.exit_index for r in expect]))
+    assert torch.equal(out.labels, torch.cat([r.prediction for r in expect]))
+    assert bool(((out.confidence > 0) & (out.confidence <= 1)).all())
+    # a DataLoader of (x, y) gives the same answers, one batch at a time
+    loader = DataLoader(TensorDataset(x, torch.zeros(20, dtype=torch.long)), batch_size=8)
+    again = predictor.predict(loader, progress=False)
+    assert torch.equal(again.labels, out.labels) and torch.equal(again.exit_index, out.exit_index)
+
+
+def test_given_thresholds_and_budgets(run):
+    ckpt, thresholds = run
+    everyone_first = scan_lightning.Predictor.from_checkpoint(ckpt, thresholds=[1e-6, 0.5, 0.5, 0.5])
+    out = everyone_first.predict(torch.randn(5, 3, 32, 32))
+    assert out.exit_index.tolist() == [0] * 5
+    saved = json.loads(thresholds.read_text())
+    rows = saved["budgeted"]
+    cheap = min(r["val_mean_macs"] for r in rows)
+    budgeted = scan_lightning.Predictor.from_checkpoint(ckpt, thresholds=thresholds, budget_macs=cheap)
+    picked = next(r for r in rows if r["val_mean_macs"] == cheap)
+    assert list(budgeted.policy.thresholds) == pytest.approx(picked["thresholds"])
+    with pytest.raises(ValueError, match="below the cheapest budgeted point"):
+        budgeted.with_budget(macs=cheap / 2)
+    with pytest.raises(ValueError, match="holds thresholds for 3 exits, but this network has 4"):
+        scan_lightning.Predictor.from_checkpoint(ckpt, thresholds=[0.9, 0.9, 0.9])
+
+
+def test_bad_input_is_one_clear_error(run, tmp_path):
+    ckpt, thresholds = run
+    predictor = scan_lightning.Predictor.from_checkpoint(ckpt, thresholds=thresholds)
+    with pytest.raises(ValueError, match=r"images of shape \(1, 28, 28\) given; this network takes \(3, 32, 32\)"):
+        predictor.predict(torch.randn(2, 1, 28, 28))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        scan_lightning.Predictor.from_checkpoint(tmp_path / "missing.ckpt")
+    with pytest.raises(FileNotFoundError, match="no thresholds"):
+        scan_lightning.Predictor.from_checkpoint(ckpt)    # fast_dev_run: no thresholds.json beside it
+
+
+def test_predictor_from_export_matches_the_checkpoint(run, tmp_path):
+    ckpt, thresholds = run
+    from_ckpt = scan_lightning.Predictor.from_checkpoint(ckpt, thresholds=thresholds)
+    net = MultiExitModule.load_from_checkpoint(ckpt, weights_only=True, map_location="cpu").net
+    costs = measure_costs(net, (3, 32, 32))
+    from scan_lightning.inference.export import export_onnx, export_torchscript
+
+    paths = [export_torchscript(deploy(net), from_ckpt.policy, costs, tmp_path / "model.pt")]
+    try:
+        import onnxruntime  # noqa: F401
+        paths.append(export_onnx(deploy(net), from_ckpt.policy, costs, tmp_path / "onnx", exporter="legacy"))
+    except ImportError:
+        pass
+    x = torch.randn(12, 3, 32, 32) * 3
+    ref = from_ckpt.predict(x, batch_size=4)
+    for path in paths:
+        exported = scan_lightning.Predictor.from_export(path)
+        assert exported.policy == from_ckpt.policy
+        out = exported.predict(x, batch_size=4)
+        assert torch.equal(out.labels, ref.labels) and torch.equal(out.exit_index, ref.exit_index), path
+        torch.testing.assert_close(out.macs.double(), ref.macs.double())
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        scan_lightning.Predictor.from_export(tmp_path / "nothing.pt")
