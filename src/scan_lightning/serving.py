@@ -154,7 +154,7 @@ class Predictor:
         for x in batches:
             x = self._check(x)
             out: list[EarlyExitResult] = []
-            batch_ms.append(watch.ms(lambda x=x: out.append(self.runner(x))))
+            batch_ms.append(watch.ms(lambda x=x, out=out: out.append(self.runner(x))))
             results.append(out[0])
         cat = lambda name: torch.cat([getattr(r, name).reshape(-1).cpu() for r in results])  # noqa: E731
         return Predictions(cat("prediction"), cat("confidence"), cat("exit_index"), cat("macs"), batch_ms,

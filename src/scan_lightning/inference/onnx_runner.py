@@ -48,11 +48,11 @@ class OnnxEarlyExit:
     """``OnnxEarlyExit(directory)(x)`` -> :class:`OnnxEarlyExitResult`, exiting early like ``EarlyExitPredictor``.
 
     ``providers``: onnxruntime execution providers (default: CPU). ``threads``: intra-op threads (default:
-    onnxruntime's). ``thresholds``: replace the exported policy's thresholds (one per exit, in (0, 1]).
+    onnxruntime's). ``spinning=False``: idle worker threads sleep rather than spin. ``thresholds``: replace the exported policy's thresholds (one per exit, in (0, 1]).
     """
 
     def __init__(self, directory: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,
-                 thresholds: Sequence[float] | None = None) -> None:
+                 thresholds: Sequence[float] | None = None, spinning: bool = True) -> None:
         ort = _onnxruntime()
         self.directory = Path(directory)
         path = self.directory / MANIFEST
@@ -76,6 +76,8 @@ class OnnxEarlyExit:
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = int(threads)
+        if not spinning:   # idle worker threads sleep instead of spinning (they share the cores with torch)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = list(providers) if providers is not None else ["CPUExecutionProvider"]
 
         def session(entry: dict[str, Any]):

@@ -28,7 +28,7 @@ class OrtNetwork:
         self._tmp = tempfile.TemporaryDirectory(prefix="scan_ort_") if directory is None else None
         folder = Path(directory if directory is not None else self._tmp.name)
         export_onnx(net, ExitPolicy.create([1.0] * net.num_exits), costs, folder, exporter="legacy")
-        runner = OnnxEarlyExit(folder, threads=torch.get_num_threads())
+        runner = OnnxEarlyExit(folder, threads=torch.get_num_threads(), spinning=False)
         self._sections, self._exits = runner.sections, runner.exits
         self.num_exits, self.num_classes, self.isc = net.num_exits, net.num_classes, net.isc
         self.options = net.options

@@ -8,9 +8,11 @@ only the undecided samples run the next section.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
 from scan_lightning.inference.cost import CostTable
+from scan_lightning.inference.deploy import DeployedNetwork, as_deployed
 from scan_lightning.inference.policy import (  # noqa: F401  (re-exported)
     FALLBACKS,
     ExitPolicy,
@@ -19,8 +21,8 @@ from scan_lightning.inference.policy import (  # noqa: F401  (re-exported)
     choose_exits,
     exit_confidence,
 )
-from scan_lightning.inference.deploy import DeployedNetwork, as_deployed
 from scan_lightning.models.multi_exit import MultiExitNetwork, take_samples
+
 
 @dataclass
 class EarlyExitResult:
