@@ -138,6 +138,17 @@ def main() -> None:
     if args.onnxruntime:
         forms["deploy+onnxruntime"] = DeployOptions(onnxruntime=True)
     rows, profiles, meta_nets = [], [], {}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save(ga: dict | None) -> None:   # after every network, so a stopped run keeps what it measured
+        meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+                "cpus": os.cpu_count(), "networks": meta_nets, "compile": args.compile,
+                "note": "untrained networks; exit mix forced by budgeted thresholds; both sides in the same form"}
+        (out / "early_exit_speed.json").write_text(json.dumps(
+            {"meta": meta, "sweep": rows, "profile": profiles, "ga": ga}, indent=2))
+        write_markdown(out, meta, rows, profiles, ga or {"samples": 0, "exits": 0, "seconds": float("nan")})
+
     for name, (overrides, n_images, repeats) in nets.items():
         if args.only and args.only not in name:
             continue
@@ -150,17 +161,10 @@ def main() -> None:
             deployed = DeployedNetwork(net) if options is None else deploy(net, options, costs)
             profiles.append(profile(name, form, deployed, costs, images[:256]))
             rows += sweep(name, form, deployed, costs, images, repeats)
+        save(None)
     ga = time_ga()
     print(f"GA: {ga['samples']} samples, {ga['exits']} exits, population 100, 100 generations: {ga['seconds']:.2f} s")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-            "cpus": os.cpu_count(), "networks": meta_nets, "compile": args.compile,
-            "note": "untrained networks; exit mix forced by budgeted thresholds; both sides in the same form"}
-    (out / "early_exit_speed.json").write_text(json.dumps(
-        {"meta": meta, "sweep": rows, "profile": profiles, "ga": ga}, indent=2))
-    write_markdown(out, meta, rows, profiles, ga)
-
+    save(ga)
 
 if __name__ == "__main__":
     main()
