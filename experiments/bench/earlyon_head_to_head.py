@@ -843,8 +843,9 @@ def reading(res: dict, verdicts: list) -> list[str]:
                    f"{'StagedModel' if b1_name == 'earlyon_staged' else 'eager wrapper'} ({_speed(lat)}; p95 "
                    f"{ts['p95_ms']:.2f} vs {b1['p95_ms']:.2f} ms); test accuracy {100 * sp['test_accuracy']:.2f} vs "
                    f"{100 * ep['test_accuracy']:.2f} % ({dacc:+.2f} points); MAC fraction {sp['mac_fraction']:.3f} vs "
-                   f"{ep['mac_fraction']:.3f}.{vs_plain} Goal (>= 1.5x at 256, batch-1 p50 no worse, accuracy equal "
-                   f"or better): **{'met' if goal else 'not met'}**.")
+                   f"{ep['mac_fraction']:.3f}.{vs_plain} Goal: **{'met' if goal else 'not met'}** (>= 1.5x at 256: "
+                   f"{'yes' if speed >= 1.5 else 'no'}; batch-1 p50 no worse: {'yes' if ts['p50_ms'] <= b1['p50_ms'] else 'no'}; "
+                   f"test accuracy equal or better: {'yes' if dacc >= 0 else 'no'}).")
     early = [(k, sum(x != -1 for x in t["earlyon"]["batched_exit_taken"]), len(t["earlyon"]["batched_exit_taken"]))
              for k, t in res["timing"].items()]
     out += [
