@@ -18,7 +18,7 @@ from scan_lightning.config import build, config_dir
 from scan_lightning.inference.analysis import check_search
 from scan_lightning.inference.cost import measure_costs
 from scan_lightning.inference.pipeline import check_timing, run_post_fit
-from scan_lightning.inference.policy import ExitPolicy
+from scan_lightning.inference.policy import resolve_policy
 from scan_lightning.module import MultiExitModule
 from scan_lightning.report import exit_rows, print_dynamic_summary, print_exit_table
 
@@ -36,15 +36,10 @@ def evaluate(cfg: DictConfig) -> dict:
     net = module.net.eval()
     run_cfg = OmegaConf.create(module.hparams.run_config)
     given = cfg.get("thresholds")
-    policy = None
-    if given is not None and given != "search":
-        policy = ExitPolicy.create([float(t) for t in given], cfg.get("temperatures"), cfg.get("fallback") or "ensemble",
-                                   num_exits=net.num_exits)
-    saved = Path(cfg.thresholds_path) if cfg.get("thresholds_path") else ckpt.parent / "thresholds.json"
-    if cfg.get("thresholds_path") and not saved.is_file():
-        raise FileNotFoundError(f"thresholds_path={cfg.thresholds_path} does not exist")
-    if given is None and saved.is_file():
-        policy = ExitPolicy.load(saved, net.num_exits)
+    given = OmegaConf.to_container(given) if OmegaConf.is_config(given) else given
+    policy = None if given == "search" else resolve_policy(
+        net.num_exits, ckpt, given, cfg.get("thresholds_path"), cfg.get("temperatures"), cfg.get("fallback"),
+        required=False)
 
     data_cfg = OmegaConf.merge(run_cfg.data, cfg.get("data") or {})
     dm = build(data_cfg)

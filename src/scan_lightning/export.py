@@ -55,22 +55,12 @@ def check_export_config(cfg: DictConfig) -> None:
 
 
 def _policy(cfg: DictConfig, ckpt: Path, num_exits: int):
-    from scan_lightning.inference.policy import ExitPolicy, check_thresholds
+    from scan_lightning.inference.policy import resolve_policy
 
-    if cfg.get("thresholds") is not None:
-        given = OmegaConf.to_container(cfg.thresholds, resolve=True) if OmegaConf.is_config(cfg.thresholds) \
-            else cfg.thresholds
-        if not isinstance(given, (list, tuple)):
-            raise ValueError(f"thresholds={given!r} must be a list with one value per exit")
-        temps = cfg.get("temperatures")
-        temps = list(temps) if temps is not None else None
-        check_thresholds(list(given), num_exits, temps)
-        return ExitPolicy.create(list(given), temps, cfg.get("fallback") or "ensemble", num_exits=num_exits)
-    path = Path(cfg.thresholds_path) if cfg.get("thresholds_path") else ckpt.parent / "thresholds.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: the exit policy comes from the thresholds.json the threshold "
-                                f"search writes beside the checkpoint; give thresholds_path=... or thresholds=[...]")
-    return ExitPolicy.load(path, num_exits)
+    plain = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in (
+        (k, cfg.get(k)) for k in ("thresholds", "thresholds_path", "temperatures", "fallback"))}
+    return resolve_policy(num_exits, ckpt, plain["thresholds"], plain["thresholds_path"], plain["temperatures"],
+                          plain["fallback"])
 
 
 def _default_output(ckpt: Path, fmt: str) -> Path:

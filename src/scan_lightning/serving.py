@@ -20,7 +20,7 @@ from rich.progress import track
 from scan_lightning.inference.analysis import pick_budget
 from scan_lightning.inference.cost import measure_costs
 from scan_lightning.inference.deploy import DeployOptions, deploy
-from scan_lightning.inference.policy import ExitPolicy
+from scan_lightning.inference.policy import ExitPolicy, resolve_policy
 from scan_lightning.inference.predictor import EarlyExitPredictor, EarlyExitResult
 from scan_lightning.inference.timing import Stopwatch
 
@@ -89,22 +89,15 @@ class Predictor:
         net = module.net.eval()
         data = module.hparams.run_config.get("data", {}) if module.hparams.run_config else {}
         shape = (data["in_channels"], data["image_size"], data["image_size"])
+        given = None if isinstance(thresholds, (str, Path)) else thresholds
         saved_path = Path(thresholds) if isinstance(thresholds, (str, Path)) else path.parent / "thresholds.json"
-        saved = json.loads(saved_path.read_text()) if saved_path.is_file() else None
-        if isinstance(thresholds, (str, Path)) and saved is None:
-            raise FileNotFoundError(f"thresholds file {saved_path} does not exist")
         if budget_macs is not None or budget_ms is not None:
-            if saved is None:
+            if not saved_path.is_file():
                 raise FileNotFoundError(f"a budget needs the saved budgeted curve in {saved_path}")
-            policy = pick_budget(saved, budget_macs, budget_ms)
-        elif thresholds is not None and not isinstance(thresholds, (str, Path)):
-            policy = ExitPolicy.create([float(t) for t in thresholds], num_exits=net.num_exits)
-        elif saved is not None:
-            policy = ExitPolicy.from_dict(saved, net.num_exits, source=str(saved_path))
+            policy = pick_budget(json.loads(saved_path.read_text()), budget_macs, budget_ms).for_exits(net.num_exits)
         else:
-            raise FileNotFoundError(f"no thresholds: {saved_path} does not exist; pass thresholds=[...] "
-                                    f"(one per exit) or run `python -m scan_lightning.evaluate ckpt_path={path}`")
-        policy.for_exits(net.num_exits, str(saved_path))
+            policy = resolve_policy(net.num_exits, path, given, thresholds if given is None else None)
+        saved = json.loads(saved_path.read_text()) if saved_path.is_file() else None
         if deploy_options is None:
             deploy_options = DeployOptions(**saved["deploy"]) if saved and saved.get("deploy") else DeployOptions()
         costs = measure_costs(net, shape)

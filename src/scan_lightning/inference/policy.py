@@ -136,3 +136,29 @@ class ExitPolicy:
         if not isinstance(data, dict):
             raise ValueError(f"{path} does not hold an exit policy (a JSON object with 'thresholds')")
         return cls.from_dict(data, num_exits, source=str(path))
+
+
+def resolve_policy(num_exits: int, ckpt: str | Path, thresholds: Sequence[float] | None = None,
+                   thresholds_path: str | Path | None = None, temperatures: Sequence[float] | None = None,
+                   fallback: str | None = "ensemble", required: bool = True) -> ExitPolicy | None:
+    """The exit policy for a checkpoint (``evaluate``, ``export``, ``Predictor``): the ``thresholds`` given (with
+    ``temperatures`` and ``fallback``), else ``thresholds_path``, else the ``thresholds.json`` beside ``ckpt``.
+    ``None`` when nothing is saved and the policy is not ``required``."""
+    if thresholds is not None:
+        if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence):
+            raise ValueError(f"thresholds={thresholds!r} must be a list with one value per exit")
+        values = [float(t) for t in thresholds]
+        temps = [float(t) for t in temperatures] if temperatures is not None else None
+        check_thresholds(values, num_exits, temps)
+        return ExitPolicy.create(values, temps, fallback or "ensemble", num_exits)
+    if thresholds_path:
+        if not Path(thresholds_path).is_file():
+            raise FileNotFoundError(f"thresholds_path={thresholds_path} does not exist")
+        return ExitPolicy.load(thresholds_path, num_exits)
+    beside = Path(ckpt).parent / "thresholds.json"
+    if beside.is_file():
+        return ExitPolicy.load(beside, num_exits)
+    if required:
+        raise FileNotFoundError(f"no thresholds: {beside} does not exist (the post-fit search writes it beside the "
+                                f"selected checkpoint); give thresholds_path=... or thresholds=[...] (one per exit)")
+    return None
