@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from scan_lightning.inference.cost import measure_costs
 from scan_lightning.inference.deploy import DeployedNetwork, DeployOptions, deploy
 from scan_lightning.inference.latency import measure_latency
 from scan_lightning.inference.predictor import EarlyExitPredictor
-from scan_lightning.inference.timing import speed_phrase, time_early_exit
+from scan_lightning.inference.timing import mac_phrase, speed_phrase, time_early_exit
 
 NETWORKS = {  # name: (overrides, images per batch size, timed passes)
     "quickstart resnet18_cpu @ fashion_mnist": (["model=resnet18_cpu", "data=fashion_mnist"], 1024, 5),
@@ -89,14 +90,14 @@ def sweep(name: str, form: str, net: DeployedNetwork, costs, images: torch.Tenso
             r = time_early_exit(net, predictor, costs, images, bs, repeats)
             rows.append({"network": name, "form": form, "p": p, "thresholds": list(policy.thresholds), **r.to_dict()})
             print(f"{name} [{form}] p={p:.1f} batch={bs:>3}: plain {r.full_ms_per_image:.3f} ms/img, early exit "
-                  f"{r.early_exit_ms_per_image:.3f} ms/img ({speed_phrase(r.wall_speedup)}), MACs {r.mac_speedup:.2f}x "
-                  f"fewer, wall/MAC {r.efficiency:.2f}", flush=True)
+                  f"{r.early_exit_ms_per_image:.3f} ms/img ({speed_phrase(r.wall_speedup)}), {mac_phrase(r.mac_speedup)}, "
+                  f"wall/MAC {r.efficiency:.2f}", flush=True)
     return rows
 
 
 def write_markdown(out: Path, meta: dict, rows: list[dict], profiles: list[dict], ga: dict) -> None:
     lines = ["# Early-exit wall-clock benchmark", "",
-             f"`python experiments/bench/early_exit_speed.py{' --compile' if meta['compile'] else ''}`: torch "
+             f"`python experiments/bench/early_exit_speed.py{meta['args']}`: torch "
              f"{meta['torch']}, {meta['threads']} threads, {meta['cpus']} CPUs ({meta['machine']}); {meta['note']}.", ""]
     lines += [f"- {n}: input {tuple(m['input_shape'])}, plain network {m['plain_macs'] / 1e6:.2f} M MACs"
               for n, m in meta["networks"].items()]
@@ -106,7 +107,7 @@ def write_markdown(out: Path, meta: dict, rows: list[dict], profiles: list[dict]
               "| early exit | MACs | wall / MAC |", "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['network']} | {r['form']} | {r['p']:.1f} | {r['batch_size']} | {r['full_ms_per_image']:.3f} "
               f"| {r['early_exit_ms_per_image']:.3f} | {r['early_exit']['call_p50_ms']:.2f} / "
-              f"{r['early_exit']['call_p95_ms']:.2f} | {speed_phrase(r['wall_speedup'])} | {r['mac_speedup']:.2f}x fewer "
+              f"{r['early_exit']['call_p95_ms']:.2f} | {speed_phrase(r['wall_speedup'])} | {mac_phrase(r['mac_speedup'])} "
               f"| {r['efficiency']:.2f} |" for r in rows]
     lines += ["", "## Where the time goes (batch 256, ms per image; time share vs MAC share of the plain network)", ""]
     for pr in profiles:
@@ -128,11 +129,12 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd deployment form")
     parser.add_argument("--onnxruntime", action="store_true", help="also time the form run by onnxruntime")
     parser.add_argument("--only", default=None, help="substring of the network names to run")
+    parser.add_argument("--no-eager", action="store_true", help="skip the eager form (time the deployment forms only)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     torch.manual_seed(0)
     nets = {args.ckpt: ("ckpt", 1024, 5)} if args.ckpt else NETWORKS
-    forms = {"eager": None, "deploy": DeployOptions()}
+    forms = {"deploy": DeployOptions()} if args.no_eager else {"eager": None, "deploy": DeployOptions()}
     if args.compile:
         forms["deploy+compile"] = DeployOptions(compile=True)
     if args.onnxruntime:
@@ -144,6 +146,7 @@ def main() -> None:
     def save(ga: dict | None) -> None:   # after every network, so a stopped run keeps what it measured
         meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
                 "cpus": os.cpu_count(), "networks": meta_nets, "compile": args.compile,
+                "args": "".join(f" {a}" for a in sys.argv[1:]),
                 "note": "untrained networks; exit mix forced by budgeted thresholds; both sides in the same form"}
         (out / "early_exit_speed.json").write_text(json.dumps(
             {"meta": meta, "sweep": rows, "profile": profiles, "ga": ga}, indent=2))

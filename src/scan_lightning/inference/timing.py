@@ -25,6 +25,11 @@ def speed_phrase(ratio: float) -> str:
     return f"{ratio:.2f}x faster" if ratio >= 1.0 else f"{ratio:.2f}x the speed"
 
 
+def mac_phrase(ratio: float) -> str:
+    """A MAC ratio (plain / early exit) as ``2.43x fewer MACs`` or, below 1, ``1.27x more MACs``."""
+    return f"{ratio:.2f}x fewer MACs" if ratio >= 1.0 else f"{1.0 / ratio:.2f}x more MACs"
+
+
 class Stopwatch:
     """Times calls on ``device``, synchronising an accelerator before reading the clock."""
 
