@@ -6,7 +6,7 @@ import torch
 from hydra.errors import MissingConfigException
 
 from scan_lightning.config import build
-from scan_lightning.train import _build_group, build_module
+from scan_lightning.builders import build_group, build_module
 from tests.conftest import CONF
 
 
@@ -45,7 +45,7 @@ def test_trainer_configs(make_cfg, name):
 
 @pytest.mark.parametrize("name", options("logger"))
 def test_logger_configs(make_cfg, name):
-    loggers = _build_group(make_cfg(f"logger={name}").logger)
+    loggers = build_group(make_cfg(f"logger={name}").logger)
     assert (name == "none") == (loggers == [])
     if name == "wandb":
         assert {type(lg).__name__ for lg in loggers} == {"CSVLogger", "WandbLogger"}
@@ -53,7 +53,7 @@ def test_logger_configs(make_cfg, name):
 
 @pytest.mark.parametrize("name", options("callbacks"))
 def test_callback_configs(make_cfg, name):
-    callbacks = _build_group(make_cfg(f"callbacks={name}").callbacks)
+    callbacks = build_group(make_cfg(f"callbacks={name}").callbacks)
     assert (name == "none") == (callbacks == [])
 
 
@@ -82,3 +82,31 @@ def test_unknown_group_option_lists_the_available_ones(make_cfg, group, bad):
     assert bad in msg and "Available options" in msg
     for opt in options(group):
         assert opt in msg
+
+
+def test_slurm_cluster_settings_reach_the_trainer():
+    """cluster=slurm: the node and GPU counts given to the launcher are Lightning's num_nodes and devices."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the slurm extra is not installed")
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from scan_lightning.builders import trainer_config
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", return_hydra_config=True, overrides=[
+            "cluster=slurm", "experiment=scan_cifar100_resnet18", "hydra.launcher.nodes=4",
+            "hydra.launcher.gpus_per_node=8", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=2880"])
+    GlobalHydra.instance().clear()
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (4, 8, 8)
+    assert (launcher.partition, launcher.timeout_min) == ("gpu", 2880)
+    HydraConfig.instance().set_config(cfg)   # what the launched job sees: ${hydra:launcher.*} resolves
+    trainer_cfg = OmegaConf.create(OmegaConf.to_container(cfg.trainer, resolve=True))
+    assert trainer_cfg.accelerator == "gpu" and trainer_cfg.strategy == "ddp"
+    trainer_cfg.accelerator = "cpu"          # no GPU here: the same counts on CPU processes
+    trainer = build(trainer_config(trainer_cfg), logger=False)
+    assert trainer.num_nodes == 4 and trainer.num_devices == 8

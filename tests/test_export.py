@@ -298,15 +298,16 @@ def trained(tmp_path_factory) -> Path:
     return ckpt
 
 
-def test_export_command_writes_both_formats(trained, tmp_path, capsys):
+def test_export_command_writes_both_formats(trained, tmp_path, caplog):
     saved = json.loads((trained.parent / "thresholds.json").read_text())
-    ts = export(compose_export(f"ckpt_path={trained}", "format=torchscript"))
+    with caplog.at_level("INFO", logger="scan_lightning"):
+        ts = export(compose_export(f"ckpt_path={trained}", "format=torchscript"))
     assert ts["output"] == str(trained.with_suffix(".pt")) and ts["check"] == {"samples": 16, "agree": 16}
     assert ts["form"] == "deploy"
     model, meta = load_torchscript(ts["output"])
     assert meta["policy"]["thresholds"] == saved["thresholds"] and meta["input_shape"] == [3, 32, 32]
     assert model(torch.randn(5, 3, 32, 32))[0].shape == (5,)
-    assert "16/16 random images take the same exit" in capsys.readouterr().out
+    assert "16/16 random images take the same exit" in caplog.text
 
     if importlib.util.find_spec("onnxruntime") is not None:
         given = export(compose_export(f"ckpt_path={trained}", "format=onnx", f"output={tmp_path / 'onnx'}",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -22,14 +23,15 @@ from tests.conftest import CONF
 FAST = ("data=synthetic", "model.backbone.width=0.125", "model.bottleneck_width=8")
 
 
-def test_fast_dev_run_trains_and_tests(make_cfg, capsys):
+def test_fast_dev_run_trains_and_tests(make_cfg, caplog):
     cfg = make_cfg(*FAST, "trainer.fast_dev_run=true")
-    metrics = train(cfg)
+    with caplog.at_level(logging.INFO, logger="scan_lightning"):
+        metrics = train(cfg)
     for i in range(1, 5):
         assert f"test/acc/exit{i}" in metrics
     assert "train/loss/kd" in metrics and "val/acc/ensemble" in metrics
-    printed = capsys.readouterr().out
-    assert "Per-exit test results" in printed and "Dynamic inference" in printed
+    logged = caplog.text   # the tables go through the package's logger (so they reach the run's log file)
+    assert "Per-exit test results" in logged and "Dynamic inference" in logged
     # fast_dev_run has no best checkpoint: thresholds.json goes to the run's output dir
     assert (Path(cfg.paths.output_dir) / "thresholds.json").is_file()
 

@@ -177,10 +177,10 @@ def build_earlyon(seed: int):
 
 
 def build_scan(lr: float, epochs: int, seed: int, train_images: int):
-    """Our LightningModule from the composed config (``scan_lightning.train.build_module``) and the config."""
+    """Our LightningModule from the composed config (``scan_lightning.builders.build_module``) and the config."""
     import pytorch_lightning as pl
 
-    from scan_lightning.train import build_module
+    from scan_lightning.builders import build_module
 
     cfg = compose_scan_config(lr, epochs, seed, train_images)
     pl.seed_everything(seed, workers=True, verbose=False)

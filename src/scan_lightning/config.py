@@ -12,6 +12,13 @@ class ConfigError(ValueError):
     """The run's configuration was rejected before any work started."""
 
 
+class RunStopped(RuntimeError):
+    """The run stopped early for a reason it names (the loss diverged, a signal); the entry point exits with
+    ``exit_code`` (3; 128 + the signal number for signals)."""
+
+    exit_code = 3
+
+
 def config_dir() -> Path:
     """The ``conf/`` folder: inside the installed package (wheel), else the repository root (clone, editable)."""
     packaged = Path(__file__).resolve().parent / "conf"

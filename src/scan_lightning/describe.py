@@ -10,20 +10,23 @@ from omegaconf import DictConfig
 
 from scan_lightning.config import build, config_dir
 from scan_lightning.inference.cost import CostTable, count_params, measure_costs
-from scan_lightning.report import exit_rows, print_exit_table
+from scan_lightning.logs import get_logger
+from scan_lightning.report import exit_rows, render_exit_table
+
+log = get_logger(__name__)
 
 
 def describe(cfg: DictConfig) -> CostTable:
-    """Build ``cfg.model`` for ``cfg.data``'s input shape; print cumulative MACs and params per exit."""
+    """Build ``cfg.model`` for ``cfg.data``'s input shape; log cumulative MACs and params per exit."""
     net = build(cfg.model)
     elementwise = bool(cfg.get("count_elementwise"))
     costs = measure_costs(net, (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size), elementwise)
     name = cfg.model.backbone.get("model") or cfg.model.backbone.name
     unit = " (MSDNet op-counter convention)" if elementwise else ""
-    print_exit_table(exit_rows(costs, {}), f"{name} at {cfg.data.image_size}px, {cfg.data.num_classes} classes{unit}",
-                     costs.plain_macs)
+    log.info(render_exit_table(exit_rows(costs, {}), f"{name} at {cfg.data.image_size}px, {cfg.data.num_classes} "
+                               f"classes{unit}", costs.plain_macs))
     plain_params = count_params(net.backbone) + count_params(net.heads[-1])
-    print(f"plain network (backbone + final classifier): {plain_params / 1e6:.2f} M params, "
+    log.info(f"plain network (backbone + final classifier): {plain_params / 1e6:.2f} M params, "
           f"{costs.plain_macs / 1e9:.3f} G MACs; backbone alone {costs.backbone_macs / 1e9:.3f} G MACs")
     return costs
 

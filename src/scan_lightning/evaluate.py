@@ -8,7 +8,6 @@ predictor against the plain network, both in the deployment form (``timing.deplo
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import hydra
@@ -19,10 +18,15 @@ from scan_lightning.inference.analysis import check_search
 from scan_lightning.inference.cost import measure_costs
 from scan_lightning.inference.pipeline import check_timing, run_post_fit
 from scan_lightning.inference.policy import resolve_policy
-from scan_lightning.module import MultiExitModule
-from scan_lightning.report import exit_rows, print_dynamic_summary, print_exit_table
+from scan_lightning.checkpoints import load_module
+from scan_lightning.logs import get_logger
+from scan_lightning.report import exit_rows, render_dynamic_summary, render_exit_table
+from scan_lightning.task import run_entry_point, task_wrapper
+
+log = get_logger(__name__)
 
 
+@task_wrapper
 def evaluate(cfg: DictConfig) -> dict:
     """Load ``cfg.ckpt_path`` (weights_only), rebuild its data from the stored run config, report."""
     search = OmegaConf.to_container(cfg.search, resolve=True)
@@ -32,7 +36,7 @@ def evaluate(cfg: DictConfig) -> dict:
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.is_file():
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist")
-    module = MultiExitModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    module = load_module(ckpt)
     net = module.net.eval()
     run_cfg = OmegaConf.create(module.hparams.run_config)
     given = cfg.get("thresholds")
@@ -46,12 +50,12 @@ def evaluate(cfg: DictConfig) -> dict:
     dm.prepare_data()
     dm.setup("test")
     shape = (run_cfg.data.in_channels, run_cfg.data.image_size, run_cfg.data.image_size)
-    result = run_post_fit(net, dm.val_dataloader(), dm.test_dataloader(), shape, search, timing, policy,
+    result = run_post_fit(net, dm.eval_dataloader("val"), dm.eval_dataloader("test"), shape, search, timing, policy,
                           progress=True)
     acc = {r["exit"]: r["accuracy"] for r in result["anytime"]}
     costs = measure_costs(net, shape)
-    print_exit_table(exit_rows(costs, acc), f"Per-exit test results ({ckpt.name})", costs.plain_macs)
-    print_dynamic_summary(result)
+    log.info(render_exit_table(exit_rows(costs, acc), f"Per-exit test results ({ckpt.name})", costs.plain_macs))
+    log.info(render_dynamic_summary(result))
     if cfg.get("output"):
         Path(cfg.output).write_text(json.dumps(result, indent=2))
     return result
@@ -59,11 +63,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    try:
-        evaluate(cfg)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_entry_point(evaluate, cfg, prefix="error")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ config to run.
 from __future__ import annotations
 
 import importlib.util
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,10 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from scan_lightning.config import config_dir
+from scan_lightning.logs import get_logger
+from scan_lightning.task import run_entry_point, task_wrapper
+
+log = get_logger(__name__)
 
 FORMATS = ("torchscript", "onnx")
 FORMS = ("deploy", "fold_batchnorm", "none")
@@ -91,16 +94,17 @@ def _check(fmt: str, output: Path, net, policy, costs) -> dict[str, Any]:
     return {"samples": CHECK_BATCH, "agree": int(same.sum())}
 
 
+@task_wrapper
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Load ``cfg.ckpt_path`` (weights_only), fold BatchNorm, write the artefact; returns what was written."""
     check_export_config(cfg)
     from scan_lightning.inference.cost import measure_costs
     from scan_lightning.inference.deploy import DeployOptions, deploy, fold_batchnorm
     from scan_lightning.inference.export import export_onnx, export_torchscript
-    from scan_lightning.module import MultiExitModule
+    from scan_lightning.checkpoints import load_module
 
     ckpt = Path(cfg.ckpt_path)
-    module = MultiExitModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    module = load_module(ckpt)
     net = module.net.eval()
     policy = _policy(cfg, ckpt, net.num_exits)
     data = module.hparams.run_config["data"]
@@ -117,26 +121,22 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         export_onnx(exported, policy, costs, output, exporter=cfg.get("onnx_exporter", "dynamo"))
     result: dict[str, Any] = {"format": fmt, "form": form, "output": str(output), "checkpoint": str(ckpt),
                               "num_exits": net.num_exits, "input_shape": list(shape), "policy": policy.to_dict()}
-    print(f"wrote {output} ({fmt}, {form}; {net.num_exits} exits, input {'x'.join(map(str, shape))}, "
+    log.info(f"wrote {output} ({fmt}, {form}; {net.num_exits} exits, input {'x'.join(map(str, shape))}, "
           f"thresholds {[round(t, 4) for t in policy.thresholds]}, fallback {policy.fallback})")
     if cfg.get("check", True):
         result["check"] = _check(fmt, output, exported, policy, costs)
         check = result["check"]
         if "skipped" in check:
-            print(f"check skipped: {check['skipped']}")
+            log.info(f"check skipped: {check['skipped']}")
         else:
-            print(f"check: {check['agree']}/{check['samples']} random images take the same exit and answer as the "
+            log.info(f"check: {check['agree']}/{check['samples']} random images take the same exit and answer as the "
                   f"eager early-exit predictor")
     return result
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="export")
 def main(cfg: DictConfig) -> None:
-    try:
-        export(cfg)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_entry_point(export, cfg, prefix="error")
 
 
 if __name__ == "__main__":

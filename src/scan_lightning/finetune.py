@@ -2,25 +2,11 @@
 from __future__ import annotations
 
 from fnmatch import fnmatch
-from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """A Lightning checkpoint of :class:`MultiExitModule`, loaded as plain data (``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def network_state(checkpoint: dict) -> dict[str, torch.Tensor]:
-    """The multi-exit network's weights (``net.*``) from a module checkpoint, prefix removed."""
-    return {k[4:]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
 
 
 def freeze_except(net: nn.Module, patterns: Sequence[str]) -> list[str]:

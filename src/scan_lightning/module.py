@@ -6,14 +6,23 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from scan_lightning.config import build
+from scan_lightning.config import RunStopped, build
 from scan_lightning.finetune import freeze_except, frozen_batchnorms
+from scan_lightning.logs import get_logger
 from scan_lightning.losses import LossComposer
 from scan_lightning.models.multi_exit import ExitOutputs, MultiExitNetwork
 
 STAGES = ("train", "val", "test")
+
+
+class TrainingDiverged(RunStopped):
+    """The training loss became NaN or infinite: the run stops at that step, naming the broken terms and exits."""
+
+
+log = get_logger(__name__)
 
 
 class MultiExitModule(pl.LightningModule):
@@ -28,10 +37,15 @@ class MultiExitModule(pl.LightningModule):
             BatchNorm running statistics included. ``None`` = train everything.
         teacher_model: config of a frozen network whose deepest exit teaches ``OneForAll(teacher="frozen")``
             terms; its weights are loaded by the caller (and saved in this module's checkpoints).
+        compile: run the training forward through ``torch.compile`` (validation, testing and the post-fit pass
+            stay eager; the weights and checkpoints are the same either way).
+        channels_last: keep weights and batches in channels-last memory (faster convolutions with mixed
+            precision on GPUs); outputs and checkpoints are unchanged.
     """
 
     def __init__(self, model: dict, loss: dict, optim: dict, run_config: dict | None = None,
-                 trainable: list[str] | None = None, teacher_model: dict | None = None) -> None:
+                 trainable: list[str] | None = None, teacher_model: dict | None = None, compile: bool = False,
+                 channels_last: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net: MultiExitNetwork = build(model, key="model")
@@ -41,6 +55,10 @@ class MultiExitModule(pl.LightningModule):
         self._frozen_norms = frozen_batchnorms(self.net) if trainable else []  # plain list: not submodules
         self.teacher = self._build_teacher(teacher_model)
         self._hold_frozen_in_eval()
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.net.to(memory_format=self.memory_format)
+        self._train_forward = torch.compile(self.net.forward) if compile else self.net.forward
         n = self.net.num_exits
         # one accuracy per exit and for the ensemble, per stage (keys avoid nn.Module.train)
         self.accuracy = nn.ModuleDict({
@@ -82,29 +100,49 @@ class MultiExitModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> ExitOutputs:
         return self.net(x)
 
+    def on_train_start(self) -> None:   # the loops are restored by now
+        if self.trainer.ckpt_path and self.trainer.is_global_zero:   # resumed: rows after the checkpoint come again
+            for logger in self.trainer.loggers:
+                if hasattr(logger, "keep_rows_before"):
+                    logger.keep_rows_before(self.trainer.current_epoch, self.trainer.global_step)
+
     def on_fit_start(self) -> None:
-        if self.global_rank == 0:
-            print(f"objective: {self.criterion}")
-            if self.trainable_names is not None:
-                total = sum(1 for _ in self.net.parameters())
-                print(f"trainable: {len(self.trainable_names)} of {total} parameter tensors "
-                      f"({self.hparams.trainable}); {len(self._frozen_norms)} BatchNorm layers frozen")
+        log.info(f"objective: {self.criterion}")
+        if self.trainable_names is not None:
+            total = sum(1 for _ in self.net.parameters())
+            log.info(f"trainable: {len(self.trainable_names)} of {total} parameter tensors "
+                     f"({self.hparams.trainable}); {len(self._frozen_norms)} BatchNorm layers frozen")
 
     def _shared_step(self, batch: Any, stage: str) -> torch.Tensor:
         x, y = batch
-        outputs = self.net(x)
+        x = x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x
+        outputs = self._train_forward(x) if stage == "train" else self.net(x)
         if self.teacher is not None:
             with torch.no_grad():
                 outputs = outputs._replace(teacher=self.teacher(x).logits[-1])
         total, terms = self.criterion(outputs, y)
+        if stage == "train" and not torch.isfinite(total):
+            raise TrainingDiverged(self._divergence_message(total, terms, outputs, y))
         on_step = stage == "train"
-        self.log(f"{stage}/loss/total", total, on_step=on_step, on_epoch=True, prog_bar=True)
+        # losses are means over every process under DDP (a no-op in one process)
+        self.log(f"{stage}/loss/total", total, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True,
+                 batch_size=len(y))
         for name, value in terms.items():
-            self.log(f"{stage}/loss/{name}", value, on_step=on_step, on_epoch=True)
+            self.log(f"{stage}/loss/{name}", value, on_step=on_step, on_epoch=True, sync_dist=True, batch_size=len(y))
         for metric, logits, name in zip(self.accuracy[f"{stage}_acc"], [*outputs.logits, outputs.ensemble], self.metric_names):
             metric(logits.detach(), y)
             self.log(f"{stage}/acc/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "ensemble")
         return total
+
+    def _divergence_message(self, total: torch.Tensor, terms: dict[str, torch.Tensor], outputs: ExitOutputs,
+                            y: torch.Tensor) -> str:
+        broken_terms = [name for name, value in terms.items() if not torch.isfinite(value)]
+        broken_exits = [f"exit{i + 1}" for i, logits in enumerate(outputs.logits)
+                        if not torch.isfinite(logits).all() or not torch.isfinite(F.cross_entropy(logits, y))]
+        return (f"training diverged at step {self.global_step} (epoch {self.current_epoch}): loss {total.item()}; "
+                f"non-finite loss terms: {broken_terms or 'none'}; exits whose outputs or cross-entropy are not "
+                f"finite: {broken_exits or 'none'}. No checkpoint was written from this step; the selected "
+                f"checkpoint is the last good one. Lower optim.optimizer.lr or check the data.")
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "train")

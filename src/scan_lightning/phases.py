@@ -4,7 +4,7 @@
 order. Inside a delta, ``init_from`` and ``teacher`` may name an earlier phase: they become that phase's
 selected checkpoint. Every phase's config is checked before the first one starts. Rerunning the command
 with the same output dir skips finished phases (their ``summary.json`` exists) and resumes an
-interrupted one from its ``checkpoints/last.ckpt``.
+interrupted one from the newer of its ``checkpoints/last.ckpt`` and ``checkpoints/interrupted.ckpt``.
 """
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from scan_lightning.builders import SUMMARY, prepare, save_resolved_config
 from scan_lightning.config import ConfigError, build, to_plain
 from scan_lightning.finetune import check_new_tensors_train, load_matching
+from scan_lightning.logs import get_logger
 
+log = get_logger(__name__)
 PHASE_REFERENCES = ("init_from", "teacher")
-SUMMARY = "summary.json"  # written last by every finished run: its metrics and selected checkpoint
 
 
 def phase_config(cfg: DictConfig, name: str, earlier: list[str], base_dir: Path) -> DictConfig:
@@ -40,12 +42,18 @@ def phase_config(cfg: DictConfig, name: str, earlier: list[str], base_dir: Path)
     return phase
 
 
+def finished(phase_dir: Path) -> bool:
+    """The phase ran to its end (a summary written by a stopped run says ``status: interrupted``)."""
+    path = phase_dir / SUMMARY
+    return path.is_file() and json.loads(path.read_text()).get("status", "finished") == "finished"
+
+
 def finished_checkpoint(phase_dir: Path) -> str:
     """The checkpoint a finished phase selected (tested), from its ``summary.json``."""
     return json.loads((phase_dir / SUMMARY).read_text())["checkpoint"]
 
 
-def check_phases(cfg: DictConfig, base_dir: Path, prepare: Callable) -> dict[str, DictConfig]:
+def check_phases(cfg: DictConfig, base_dir: Path) -> dict[str, DictConfig]:
     """Compose and build every phase (a later phase's teacher and init_from from the earlier phase's model
     config), so a bad setting in any phase stops the run before the first one starts."""
     phases: dict[str, DictConfig] = {}
@@ -70,31 +78,29 @@ def check_phases(cfg: DictConfig, base_dir: Path, prepare: Callable) -> dict[str
     return phases
 
 
-def run_phases(cfg: DictConfig, run: Callable[[DictConfig], dict[str, float]], prepare: Callable
-               ) -> dict[str, float]:
-    """Run the phases in order with ``run`` (train one config) after checking each with ``prepare``
-    (build module, data and trainer); return the last phase's metrics."""
+def run_phases(cfg: DictConfig, run: Callable[[DictConfig], dict[str, float]]) -> dict[str, float]:
+    """Run the phases in order with ``run`` (train one config) after checking each (module, data and trainer
+    built); return the last phase's metrics."""
     base_dir = Path(cfg.paths.output_dir)
     if not isinstance(cfg.phases, DictConfig) or not cfg.phases:
         raise ConfigError(f"phases must map phase names to config changes, got {cfg.phases!r}")
-    phases = check_phases(cfg, base_dir, prepare)
-    base_dir.mkdir(parents=True, exist_ok=True)
-    (base_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    phases = check_phases(cfg, base_dir)
+    save_resolved_config(cfg, base_dir)
     metrics: dict[str, float] = {}
     for i, (name, phase) in enumerate(phases.items(), 1):
         phase_dir = base_dir / name
-        if (phase_dir / SUMMARY).is_file():
-            print(f"== phase {name} ({i}/{len(phases)}) already finished in {phase_dir}: skipped")
+        if finished(phase_dir):
+            log.info(f"== phase {name} ({i}/{len(phases)}) already finished in {phase_dir}: skipped")
             metrics = json.loads((phase_dir / SUMMARY).read_text())["metrics"]
             continue
         with open_dict(phase):
             for key in PHASE_REFERENCES:
                 if phase.get(key) in phases:
                     phase[key] = finished_checkpoint(base_dir / phase[key])
-            last = phase_dir / "checkpoints" / "last.ckpt"
-            if last.is_file() and not phase.get("ckpt_path"):
-                phase.ckpt_path = str(last)
+            saved = [p for p in (phase_dir / "checkpoints" / n for n in ("last.ckpt", "interrupted.ckpt")) if p.is_file()]
+            if saved and not phase.get("ckpt_path"):   # the newer of the epoch-end and the signal checkpoint
+                phase.ckpt_path = str(max(saved, key=lambda p: p.stat().st_mtime))
         resumed = f", resuming from {phase.ckpt_path}" if phase.get("ckpt_path") else ""
-        print(f"== phase {name} ({i}/{len(phases)}): output in {phase_dir}{resumed}")
+        log.info(f"== phase {name} ({i}/{len(phases)}): output in {phase_dir}{resumed}")
         metrics = run(phase)
     return metrics

@@ -1,13 +1,14 @@
-"""The per-exit summary printed after a run: exit, cumulative MACs and params, top-1."""
+"""The tables a run reports (per-exit costs and top-1; the dynamic-inference summary), rendered as text for
+the run's logger (:mod:`scan_lightning.logs`)."""
 from __future__ import annotations
 
 from typing import Mapping
 
-from rich.console import Console
 from rich.table import Table
 
 from scan_lightning.inference.cost import CostTable
-from scan_lightning.inference.timing import speed_phrase
+from scan_lightning.inference.timing import mac_phrase, speed_phrase
+from scan_lightning.logs import render
 
 
 def exit_rows(costs: CostTable, accuracy: Mapping[str, float]) -> list[dict]:
@@ -23,8 +24,8 @@ def exit_rows(costs: CostTable, accuracy: Mapping[str, float]) -> list[dict]:
     return rows
 
 
-def print_exit_table(rows: list[dict], title: str, plain_macs: int, console: Console | None = None) -> None:
-    """Print the rows with MACs in millions and relative to the plain baseline network."""
+def render_exit_table(rows: list[dict], title: str, plain_macs: int) -> str:
+    """The rows with MACs in millions and relative to the plain baseline network."""
     table = Table(title=title)
     for col in ("exit", "cum. MACs (M)", "x plain", "own-head MACs (M) [public code]", "cum. params (M)", "top-1 %"):
         table.add_column(col, justify="right")
@@ -32,13 +33,13 @@ def print_exit_table(rows: list[dict], title: str, plain_macs: int, console: Con
         top1 = "-" if r["top1"] is None else f"{100 * r['top1']:.2f}"
         table.add_row(r["exit"], f"{r['macs'] / 1e6:.2f}", f"{r['macs'] / plain_macs:.3f}",
                       f"{r['own_head_macs'] / 1e6:.2f}", f"{r['params'] / 1e6:.3f}", top1)
-    (console or Console(width=120)).print(table)
+    return render(table)
 
 
-def print_dynamic_summary(result: dict, console: Console | None = None) -> None:
+def render_dynamic_summary(result: dict) -> str:
     """Policy on test: accuracy, honest MAC (and latency) speed-ups, exit mix, calibration, budgeted curve,
     wall clock of the deployment form."""
-    console = console or Console(width=120)
+    parts: list = []
     t = result["test"]
     fractions = ", ".join(f"{n} {100 * f:.1f}%" for n, f in zip(
         [f"exit{i + 1}" for i in range(result["num_exits"])] + [f"fallback ({result['fallback']})"],
@@ -46,16 +47,16 @@ def print_dynamic_summary(result: dict, console: Console | None = None) -> None:
     latency = (f"; predicted {t['mean_ms']:.3f} ms/img from the latency table = "
                f"{speed_phrase(t['latency_speedup_plain'])} than the plain network" if "mean_ms" in t else "")
     searched = f"searched on the validation split, cost: {result['cost']}" if "cost" in result else "given"
-    console.print(
-        f"[bold]Dynamic inference[/bold] (thresholds {[round(x, 4) for x in result['thresholds']]}, {searched}; "
+    parts.append(
+        f"Dynamic inference (thresholds {[round(x, 4) for x in result['thresholds']]}, {searched}; "
         f"temperatures {[round(x, 3) for x in result['temperatures']]}): test top-1 {100 * t['accuracy']:.2f}% "
         f"(deepest exit {100 * t['deepest_accuracy']:.2f}%, ensemble {100 * t['ensemble_accuracy']:.2f}%), mean "
-        f"{t['mean_macs'] / 1e6:.2f} M MACs = {t['speedup_plain']:.2f}x fewer MACs than the plain network, "
-        f"{t['speedup_deepest']:.2f}x fewer than running every exit{latency}; exits: {fractions}"
+        f"{t['mean_macs'] / 1e6:.2f} M MACs = {mac_phrase(t['speedup_plain'])} than the plain network, "
+        f"{mac_phrase(t['speedup_deepest'])} than running every exit{latency}; exits: {fractions}"
     )
     cal = result.get("calibration")
     if cal:
-        console.print("Calibration (per-exit temperature, fitted on {fitted_on} validation images): ECE on test "
+        parts.append("Calibration (per-exit temperature, fitted on {fitted_on} validation images): ECE on test "
                       "before -> after: {pairs}".format(fitted_on=cal["fitted_on"], pairs=", ".join(
                           f"exit{i + 1} {b:.3f} -> {a:.3f}"
                           for i, (b, a) in enumerate(zip(cal["ece_test_before"], cal["ece_test_after"])))))
@@ -66,7 +67,7 @@ def print_dynamic_summary(result: dict, console: Console | None = None) -> None:
     for r in result["budgeted"][:: max(1, len(result["budgeted"]) // 8)]:
         budget.add_row(f"{r['p']:.2f}", f"{r['mean_macs'] / 1e6:.2f}",
                        *([f"{r['mean_ms']:.3f}"] if has_ms else []), f"{100 * r['accuracy']:.2f}")
-    console.print(budget)
+    parts.append(budget)
     timings = result.get("wall_clock") or []
     if timings:
         form = ", ".join(k for k, v in result.get("deploy", {}).items() if v) or "eager"
@@ -79,5 +80,6 @@ def print_dynamic_summary(result: dict, console: Console | None = None) -> None:
             wall.add_row(str(r["batch_size"]), str(r["images"]), f"{r['full_ms_per_image']:.3f}",
                          f"{r['early_exit_ms_per_image']:.3f}", f"{e['images_per_s']:.0f}",
                          f"{e['call_p50_ms']:.2f} / {e['call_p95_ms']:.2f}", speed_phrase(r["wall_speedup"]),
-                         f"{r['mac_speedup']:.2f}x fewer", f"{r['efficiency']:.2f}")
-        console.print(wall)
+                         mac_phrase(r["mac_speedup"]), f"{r['efficiency']:.2f}")
+        parts.append(wall)
+    return render(*parts)

@@ -80,12 +80,12 @@ class Predictor:
         most compute whose validation mean cost per image fits. ``deploy_options``: the deployment form
         (default: the one saved with the thresholds, else BN folded + patch GEMMs + channels-last).
         """
-        from scan_lightning.module import MultiExitModule
+        from scan_lightning.checkpoints import load_module
 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} does not exist")
-        module = MultiExitModule.load_from_checkpoint(path, map_location=device, weights_only=True)
+        module = load_module(path, map_location=device)
         net = module.net.eval()
         data = module.hparams.run_config.get("data", {}) if module.hparams.run_config else {}
         shape = (data["in_channels"], data["image_size"], data["image_size"])

@@ -8,11 +8,14 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from scan_lightning.finetune import network_state
+from scan_lightning.checkpoints import network_state
 from scan_lightning.inference.analysis import check_search, exit_names
 from scan_lightning.inference.pipeline import check_timing, run_post_fit
 from scan_lightning.models.multi_exit import MultiExitNetwork
-from scan_lightning.report import print_dynamic_summary
+from scan_lightning.logs import get_logger
+from scan_lightning.report import render_dynamic_summary
+
+log = get_logger(__name__)
 
 
 def best_network(trainer: pl.Trainer, pl_module: pl.LightningModule) -> MultiExitNetwork:
@@ -29,9 +32,10 @@ def best_network(trainer: pl.Trainer, pl_module: pl.LightningModule) -> MultiExi
 class ThresholdSearch(pl.Callback):
     """After fit, on rank 0: the post-fit pipeline (:func:`run_post_fit`) on the selected network.
 
-    Writes ``thresholds.json`` next to the best checkpoint (the run's output dir under fast_dev_run) plus two
-    PNG plots, prints the summary, and logs ``test/dynamic/*`` (and ``test/wall/*`` with ``timing.enabled``)
-    through ``trainer.loggers``. ``metrics`` holds what it logged.
+    Writes ``thresholds.json`` (:meth:`result_path`: next to the best checkpoint, or in the run's output dir under
+    fast_dev_run) plus two PNG plots, logs the summary, and logs ``test/dynamic/*`` (and ``test/wall/*`` with
+    ``timing.enabled``) through ``trainer.loggers``. Under DDP it reads the whole validation and test sets on
+    rank 0 alone, so every number counts every sample once.
     """
 
     def __init__(self, search: dict[str, Any], input_shape: list[int], timing: dict[str, Any] | None = None) -> None:
@@ -49,12 +53,12 @@ class ThresholdSearch(pl.Callback):
             return
         dm = trainer.datamodule
         dm.setup("test")
-        cb = trainer.checkpoint_callback
-        out_dir = Path(cb.best_model_path).parent if cb is not None and cb.best_model_path else Path(trainer.default_root_dir)
-        self.result = run_post_fit(best_network(trainer, pl_module), dm.val_dataloader(), dm.test_dataloader(),
-                                   self.input_shape, self.search, self.timing, out_dir=out_dir,
-                                   device=pl_module.device)
-        print_dynamic_summary(self.result)
+        out_dir = self.result_path(trainer).parent
+        val, test = ((dm.eval_dataloader("val"), dm.eval_dataloader("test")) if hasattr(dm, "eval_dataloader")
+                     else (dm.val_dataloader(), dm.test_dataloader()))
+        self.result = run_post_fit(best_network(trainer, pl_module), val, test, self.input_shape, self.search,
+                                   self.timing, out_dir=out_dir, device=pl_module.device)
+        log.info(render_dynamic_summary(self.result))
         self.metrics = dynamic_metrics(self.result)
         for logger in trainer.loggers:
             logger.log_metrics(self.metrics, step=trainer.global_step)
@@ -63,6 +67,14 @@ class ThresholdSearch(pl.Callback):
                     logger.log_image(key=f"dynamic/{name}", images=[str(out_dir / f"{name}.png")],
                                      step=trainer.global_step)
             logger.save()
+
+
+    @staticmethod
+    def result_path(trainer: pl.Trainer) -> Path:
+        """Where the post-fit result (``thresholds.json``) of this trainer's run is written."""
+        cb = trainer.checkpoint_callback
+        out_dir = Path(cb.best_model_path).parent if cb is not None and cb.best_model_path else Path(trainer.default_root_dir)
+        return out_dir / "thresholds.json"
 
 
 def dynamic_metrics(result: dict[str, Any]) -> dict[str, float]:

@@ -1,5 +1,9 @@
 """Shared LightningDataModule logic: a seeded held-out validation split taken from the training set.
 
+Under DDP the validation and test sets are split across processes without the padding Lightning's default
+sampler adds (duplicates would enter the synced metrics); the post-fit pass reads them whole on rank 0
+(:meth:`SplitDataModule.eval_dataloader`).
+
 The validation subset is drawn from a second copy of the training set that carries the *eval*
 transforms, so model selection and threshold search never see augmented images, and never the test set.
 """
@@ -9,7 +13,8 @@ from typing import Callable
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 Transform = Callable
 
@@ -33,9 +38,14 @@ class SplitDataModule(pl.LightningDataModule):
     ) -> None:
         """``stem`` is metadata for the model configs (``${data.stem}``): the stem suited to the image size."""
         super().__init__()
-        for name, value in (("batch_size", batch_size), ("val_size", val_size), ("num_classes", num_classes)):
-            if value < 1:
-                raise ValueError(f"data.{name}={value} must be >= 1")
+        sizes = {"batch_size": batch_size, "val_size": val_size, "num_classes": num_classes,
+                 "in_channels": in_channels, "image_size": image_size}
+        sizes.update({k: v for k, v in (("eval_batch_size", eval_batch_size),
+                                        ("max_train_samples", max_train_samples)) if v is not None})
+        for name, value in sizes.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"data.{name}={value!r} must be an integer >= 1"
+                                 + (" (or null: every training sample)" if name == "max_train_samples" else ""))
         if num_workers < 0:
             raise ValueError(f"data.num_workers={num_workers} must be >= 0")
         self.num_classes, self.in_channels, self.image_size = num_classes, in_channels, image_size
@@ -77,16 +87,33 @@ class SplitDataModule(pl.LightningDataModule):
         if self.test_set is None and stage in (None, "test", "predict"):
             self.test_set = self.make_dataset(train=False, transform=self.eval_transform())
 
-    def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
+    def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0)
+
+    def _eval_sampler(self, dataset: Dataset) -> Sampler | None:
+        """This process's share of an evaluation set under a multi-process trainer: every sample exactly once
+        across processes (shares may differ by one), no padding."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.world_size < 2:
+            return None
+        return UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
+                                            shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, True, self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, False, self.eval_batch_size)
+        return self._loader(self.val_set, False, self.eval_batch_size, self._eval_sampler(self.val_set))
 
     def test_dataloader(self) -> DataLoader:
         self.setup("test")
-        return self._loader(self.test_set, False, self.eval_batch_size)
+        return self._loader(self.test_set, False, self.eval_batch_size, self._eval_sampler(self.test_set))
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """The whole ``"val"`` or ``"test"`` set in one process (the post-fit pass and ``evaluate``)."""
+        if split not in ("val", "test"):
+            raise ValueError(f"split={split!r} is not an evaluation split; choose 'val' or 'test'")
+        self.setup("test")
+        return self._loader(self.val_set if split == "val" else self.test_set, False, self.eval_batch_size)

@@ -37,7 +37,14 @@ class SectionedBackbone(nn.Module):
     def regroup(self, exit_after: Sequence[int]) -> "SectionedBackbone":
         """Merge sections so exits sit only after the given 1-based sections (the last one always has one)."""
         n = self.num_sections
-        ends = sorted({int(e) for e in exit_after} | {n})
+        given = list(exit_after)
+        if not given:
+            raise ValueError(f"model.exit_after=[] names no section; give the 1-based sections followed by an exit "
+                             f"(e.g. {list(range(1, n + 1))}), or null for an exit after every section")
+        if any(isinstance(e, bool) or not isinstance(e, int) for e in given) or given != sorted(set(given)):
+            raise ValueError(f"model.exit_after={given} must be increasing 1-based section numbers without repeats, "
+                             f"e.g. {list(range(1, n + 1))}")
+        ends = sorted(set(given) | {n})
         bad = [e for e in ends if not 1 <= e <= n]
         if bad:
             raise ValueError(f"model.exit_after={list(exit_after)}: sections {bad} do not exist; this backbone has "

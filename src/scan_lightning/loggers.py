@@ -1,0 +1,53 @@
+"""A CSV logger that keeps what an earlier attempt of the same run wrote.
+
+Lightning's ``CSVLogger`` deletes ``metrics.csv`` when it opens a directory that has one, so resuming a run in its
+own directory (or a rerun that then fails) loses the earlier rows. This one continues the file: it keeps the
+earlier rows and header, and on resume drops only the rows logged after the checkpoint it resumes from.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from pytorch_lightning.loggers import CSVLogger as LightningCSVLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+
+class _ContinuingWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:   # Lightning deletes the file here; continue it instead
+        path = Path(self.metrics_file_path)
+        if path.is_file():
+            with path.open(newline="") as f:
+                self.metrics_keys = next(csv.reader(f), [])
+
+
+class CSVLogger(LightningCSVLogger):
+    """Lightning's CSV logger (same arguments, same files) that continues an existing ``metrics.csv``."""
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._experiment = _ContinuingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+    def keep_rows_before(self, epoch: int, global_step: int) -> int:
+        """Drop the rows a resumed run will log again: those of later epochs than ``epoch`` and of later steps
+        than ``global_step`` (the trainer's position after restoring the checkpoint); returns how many."""
+        path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
+        if not path.is_file():
+            return 0
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            header, rows = reader.fieldnames or [], list(reader)
+
+        def before(row: dict) -> bool:
+            e = int(float(row["epoch"])) if row.get("epoch") else None
+            s = int(float(row["step"])) if row.get("step") else 0
+            return e is None or e < epoch or (e == epoch and s <= global_step)
+
+        kept = [r for r in rows if before(r)]
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(kept)
+        return len(rows) - len(kept)

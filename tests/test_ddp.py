@@ -1,0 +1,47 @@
+"""DDP on two CPU processes (gloo), as a user runs it: ``trainer=ddp trainer.accelerator=cpu trainer.devices=2``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scan_lightning.evaluate import evaluate
+from tests.test_train import compose_evaluate, run_cli
+
+TEST_SAMPLES = 101   # odd: a padding sampler would evaluate one test image twice
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("ddp")
+    proc = run_cli("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data=synthetic", "data.noise=3.0",
+                   f"data.test_samples={TEST_SAMPLES}", "data.val_size=63", "model.backbone.width=0.125",
+                   "model.bottleneck_width=8", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+                   "timing.enabled=false", "logger=csv", cwd=root)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (run_dir,) = root.glob("logs/train/runs/*")
+    return root, run_dir
+
+
+def test_ddp_reports_each_test_image_once(ddp_run):
+    root, run_dir = ddp_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    metrics = summary["metrics"]
+    # a single process evaluating the same checkpoint on the whole test set gives the same accuracies
+    single = evaluate(compose_evaluate(root, f"ckpt_path={summary['checkpoint']}", "timing.enabled=false"))
+    for row in single["anytime"]:
+        assert 0.0 < row["accuracy"] < 1.0
+        assert metrics[f"test/acc/{row['exit']}"] == pytest.approx(row["accuracy"], abs=1e-6), row["exit"]
+    # the post-fit pass ran once, on rank 0, over the whole sets
+    assert "test/dynamic/accuracy" in metrics
+    assert "test/loss/total" in metrics
+
+
+def test_ddp_writes_and_logs_on_rank_zero_only(ddp_run):
+    _, run_dir = ddp_run
+    log = (run_dir / "train.log").read_text()
+    assert log.count("Per-exit test results") == 1 and log.count("Dynamic inference") == 1
+    assert "sync_batchnorm: off" in log
+    assert not any("Per-exit" in p.read_text() for p in run_dir.glob("*.log") if p.name != "train.log")
+    assert len(list(run_dir.rglob("thresholds.json"))) == 1

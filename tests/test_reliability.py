@@ -1,0 +1,117 @@
+"""Runs that go wrong end loudly and lose nothing: divergence, signals, resume in the same directory, bad input."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from scan_lightning.checkpoints import load_module
+from scan_lightning.config import ConfigError
+from scan_lightning.module import TrainingDiverged
+from scan_lightning.train import train
+from tests.test_train import FAST, run_cli
+
+
+def test_nan_loss_stops_the_run_naming_step_and_exits(make_cfg):
+    cfg = make_cfg(*FAST, "optim.optimizer.lr=1e12", "trainer.max_epochs=3", "timing.enabled=false")
+    with pytest.raises(TrainingDiverged, match=r"training diverged at step \d+ \(epoch \d\).*exit\d"):
+        train(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert not (out / "summary.json").exists()
+    for ckpt in out.rglob("*.ckpt"):   # whatever was saved before the step that broke holds finite weights
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ckpt.name
+
+
+def test_cli_diverging_run_exits_non_zero_with_the_reason(tmp_path):
+    proc = run_cli(*FAST, "optim.optimizer.lr=1e12", "trainer.max_epochs=2", "timing.enabled=false", "logger=none",
+                   cwd=tmp_path)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "Run stopped: training diverged at step" in proc.stderr
+
+
+def _start_run(tmp_path: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "SCAN_ROOT": str(tmp_path), "HYDRA_FULL_ERROR": "0"}
+    return subprocess.Popen([sys.executable, "-m", "scan_lightning.train", *FAST, "timing.enabled=false",
+                             "logger=csv", "hydra.run.dir=" + str(tmp_path / "run"), *args],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_a_checkpoint_and_a_partial_summary_then_resumes(tmp_path, sig):
+    proc = _start_run(tmp_path, "trainer.max_epochs=200")
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    deadline = time.monotonic() + 240
+    while not (ckpt_dir / "last.ckpt").is_file():   # an epoch has finished: training is under way
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + int(sig), stderr[-2000:]
+    assert f"Run stopped: {sig.name} at step" in stderr and "resume with ckpt_path=" in stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["signal"] == sig.name
+    assert summary["checkpoint"] == str(ckpt_dir / "interrupted.ckpt") and summary["global_step"] > 0
+    saved = torch.load(summary["checkpoint"], map_location="cpu", weights_only=True)
+    assert saved["global_step"] == summary["global_step"]
+    metrics_csv = tmp_path / "run" / "csv" / "metrics.csv"
+    before = metrics_csv.read_text().splitlines()
+    # the run resumes from it in the same directory and finishes, keeping what the first attempt wrote
+    resumed = _start_run(tmp_path, f"trainer.max_epochs={saved['epoch'] + 2}", f"ckpt_path={summary['checkpoint']}")
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "finished"
+    with metrics_csv.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) > len(before) - 1 and any(r["epoch"] == "0" for r in rows)
+    logged = [(r["epoch"], r["step"], tuple(k for k, v in r.items() if v)) for r in rows]
+    assert len(logged) == len(set(logged)), "a row was logged twice"
+    assert len(list((tmp_path / "run" / ".hydra").iterdir())) == 2   # both attempts' composed configs
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("model.exit_after=[3,1]", "model.exit_after=[3, 1] must be increasing"),
+    ("model.exit_after=[2,2]", "model.exit_after=[2, 2] must be increasing"),
+    ("model.exit_after=[]", "model.exit_after=[] names no section"),
+    ("model.num_classes=7", "model.num_classes=7 but the data has 10 classes"),
+    ("data.batch_size=abc", "data.batch_size='abc' must be an integer >= 1"),
+    ("data.max_train_samples=0", "data.max_train_samples=0 must be an integer >= 1 (or null"),
+    ("ckpt_path=/nonexistent/last.ckpt", "ckpt_path=/nonexistent/last.ckpt does not exist"),
+])
+def test_bad_input_is_one_clear_error_before_work_starts(make_cfg, override, needle):
+    cfg = make_cfg(*FAST, override)
+    with pytest.raises(ConfigError) as err:
+        train(cfg)
+    assert needle in str(err.value)
+    assert not Path(cfg.paths.output_dir).exists()   # nothing written
+
+
+def test_foreign_or_corrupt_checkpoints_are_refused_by_name(make_cfg, tmp_path):
+    garbage = tmp_path / "random.ckpt"
+    garbage.write_bytes(os.urandom(4096))
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    for path, needle in ((garbage, "cannot be read as plain data"), (foreign, "is not a scan_lightning checkpoint")):
+        with pytest.raises(ConfigError, match=needle):
+            train(make_cfg(*FAST, f"init_from={path}"))
+        with pytest.raises(ValueError, match=needle):
+            load_module(path)
+
+
+def test_last_checkpoint_is_the_latest_epoch_even_when_the_metric_did_not_improve(make_cfg):
+    # whichever epoch is best by the monitored metric, last.ckpt holds the latest one
+    cfg = make_cfg(*FAST, "trainer.max_epochs=3", "trainer.limit_train_batches=2", "timing.enabled=false",
+                   "callbacks.model_checkpoint.monitor=train/loss/total", "callbacks.model_checkpoint.mode=max",
+                   "~callbacks.threshold_search", "test=false")
+    train(cfg)
+    ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
+    last = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == 2 and last["global_step"] == 6
