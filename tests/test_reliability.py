@@ -39,6 +39,7 @@ def test_cli_diverging_run_exits_non_zero_with_the_reason(tmp_path):
 
 
 def _start_run(tmp_path: Path, *args: str) -> subprocess.Popen:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SCAN_ROOT": str(tmp_path), "HYDRA_FULL_ERROR": "0"}
     return subprocess.Popen([sys.executable, "-m", "scan_lightning.train", *FAST, "timing.enabled=false",
                              "logger=csv", "hydra.run.dir=" + str(tmp_path / "run"), *args],
@@ -115,3 +116,36 @@ def test_last_checkpoint_is_the_latest_epoch_even_when_the_metric_did_not_improv
     ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
     last = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["epoch"] == 2 and last["global_step"] == 6
+
+
+def test_run_killed_mid_training_resumes_to_the_same_weights_and_metrics(tmp_path):
+    """SIGKILL (no handler can run) after the first epoch's checkpoint, resume from last.ckpt in the same run dir:
+    the final weights and metrics equal those of an uninterrupted run of the same seed."""
+    args = ("trainer.max_epochs=3", "~callbacks.threshold_search", "data.train_samples=640")
+    whole = _start_run(tmp_path / "whole", *args)
+    assert whole.wait(timeout=300) == 0, whole.communicate()[1][-2000:]
+
+    killed = _start_run(tmp_path / "killed", *args)
+    last = tmp_path / "killed" / "run" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not last.is_file():
+        assert killed.poll() is None and time.monotonic() < deadline, killed.communicate()[1][-2000:]
+        time.sleep(0.05)
+    time.sleep(0.5)              # let the checkpoint file be complete; training goes on into the next epoch
+    killed.kill()
+    killed.wait(timeout=60)
+    epoch_at_kill = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
+    resumed = _start_run(tmp_path / "killed", *args, f"ckpt_path={last}")
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr[-2000:]
+
+    def final(root: Path) -> tuple[dict, dict]:
+        summary = json.loads((root / "run" / "summary.json").read_text())
+        state = torch.load(root / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        return summary["metrics"], state["state_dict"]
+
+    (m_whole, w_whole), (m_resumed, w_resumed) = final(tmp_path / "whole"), final(tmp_path / "killed")
+    assert epoch_at_kill < 2
+    assert max((w_whole[k].double() - w_resumed[k].double()).abs().max().item() for k in w_whole) <= 1e-6
+    for key in ("val/acc/ensemble", "test/acc/exit1", "test/acc/ensemble", "test/loss/total"):
+        assert m_resumed[key] == pytest.approx(m_whole[key], abs=1e-6), key

@@ -1,5 +1,6 @@
-"""Callbacks: the post-fit threshold search, and the checkpoint a stopped run leaves."""
+"""Callbacks: the post-fit threshold search, the checkpoint a stopped run leaves, generator state for resume."""
 from scan_lightning.callbacks.interrupt import InterruptCheckpoint
+from scan_lightning.callbacks.rng_state import RngState
 from scan_lightning.callbacks.threshold_search import ThresholdSearch
 
-__all__ = ["InterruptCheckpoint", "ThresholdSearch"]
+__all__ = ["InterruptCheckpoint", "RngState", "ThresholdSearch"]
