@@ -129,3 +129,21 @@ def test_synthetic_is_deterministic_and_learnable_shape():
     a.setup(), b.setup()
     assert torch.equal(a.train_set[0][0], b.train_set[0][0])
     assert a.train_set[0][0].shape == (2, 8, 8) and len(a.test_set) == 6
+
+
+@pytest.mark.parametrize("damage,needle", [
+    ("truncate", "t10k-labels-idx1-ubyte is not a complete Fashion-MNIST IDX file of labels"),
+    ("foreign", "train-images-idx3-ubyte is not a complete Fashion-MNIST IDX file of 28x28 images"),
+])
+def test_broken_idx_files_are_one_clear_error_before_training(tmp_path, damage, needle):
+    write_idx(tmp_path / "debian")
+    dm = fashion(tmp_path)
+    dm.prepare_data()
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    if damage == "truncate":
+        path = raw / "t10k-labels-idx1-ubyte"
+        path.write_bytes(path.read_bytes()[:-5])
+    else:
+        (raw / "train-images-idx3-ubyte").write_bytes(b"<html>not found</html>")
+    with pytest.raises(ValueError, match=needle):
+        fashion(tmp_path).prepare_data()

@@ -149,3 +149,21 @@ def test_run_killed_mid_training_resumes_to_the_same_weights_and_metrics(tmp_pat
     assert max((w_whole[k].double() - w_resumed[k].double()).abs().max().item() for k in w_whole) <= 1e-6
     for key in ("val/acc/ensemble", "test/acc/exit1", "test/acc/ensemble", "test/loss/total"):
         assert m_resumed[key] == pytest.approx(m_whole[key], abs=1e-6), key
+
+
+def test_thresholds_saved_for_another_model_are_refused(tmp_path):
+    from scan_lightning.inference.policy import ExitPolicy
+
+    saved = tmp_path / "thresholds.json"
+    saved.write_text(json.dumps({"thresholds": [0.9, 0.9, 0.9, 0.9], "fallback": "ensemble",
+                                 "model": {"input_shape": [1, 28, 28], "num_exits": 4, "num_classes": 10}}))
+    same = {"input_shape": [1, 28, 28], "num_exits": 4, "num_classes": 10}
+    assert ExitPolicy.load(saved, 4, same).thresholds == (0.9, 0.9, 0.9, 0.9)
+    with pytest.raises(ValueError, match=r"was searched for another model \(input_shape \[1, 28, 28\]; this model: "
+                                         r"\[3, 32, 32\]\)"):
+        ExitPolicy.load(saved, 4, {**same, "input_shape": [3, 32, 32]})
+    with pytest.raises(ValueError, match=r"num_classes 10; this model: 100"):
+        ExitPolicy.load(saved, 4, {**same, "num_classes": 100})
+    saved.write_text("{not json")
+    with pytest.raises(ValueError, match=f"{saved} is not valid JSON"):
+        ExitPolicy.load(saved, 4)

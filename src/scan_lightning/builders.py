@@ -99,8 +99,9 @@ def prepare(cfg: DictConfig, teacher_model: dict | None = None, check_data: bool
         if not loggers:  # Lightning refuses an LR monitor without a logger
             callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
         trainer: pl.Trainer = build(trainer_config(cfg.trainer), callbacks=callbacks, logger=loggers or False)
-        if check_data:
-            datamodule.prepare_data()  # missing data is reported here, before the run starts
+        if check_data:   # missing or broken data, and splits that do not fit it, are reported before the run starts
+            datamodule.prepare_data()
+            datamodule.setup("fit")
     except (InstantiationException, OmegaConfBaseException, ValueError, TypeError, FileNotFoundError) as err:
         raise ConfigError(describe_error(err)) from err
     return module, datamodule, trainer

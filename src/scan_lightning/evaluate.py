@@ -17,7 +17,7 @@ from scan_lightning.config import build, config_dir
 from scan_lightning.inference.analysis import check_search
 from scan_lightning.inference.cost import measure_costs
 from scan_lightning.inference.pipeline import check_timing, run_post_fit
-from scan_lightning.inference.policy import resolve_policy
+from scan_lightning.inference.policy import model_identity, resolve_policy
 from scan_lightning.checkpoints import load_module
 from scan_lightning.logs import get_logger
 from scan_lightning.report import exit_rows, render_dynamic_summary, render_exit_table
@@ -41,15 +41,15 @@ def evaluate(cfg: DictConfig) -> dict:
     run_cfg = OmegaConf.create(module.hparams.run_config)
     given = cfg.get("thresholds")
     given = OmegaConf.to_container(given) if OmegaConf.is_config(given) else given
+    shape = (run_cfg.data.in_channels, run_cfg.data.image_size, run_cfg.data.image_size)
     policy = None if given == "search" else resolve_policy(
         net.num_exits, ckpt, given, cfg.get("thresholds_path"), cfg.get("temperatures"), cfg.get("fallback"),
-        required=False)
+        required=False, model=model_identity(net, shape))
 
     data_cfg = OmegaConf.merge(run_cfg.data, cfg.get("data") or {})
     dm = build(data_cfg)
     dm.prepare_data()
     dm.setup("test")
-    shape = (run_cfg.data.in_channels, run_cfg.data.image_size, run_cfg.data.image_size)
     result = run_post_fit(net, dm.eval_dataloader("val"), dm.eval_dataloader("test"), shape, search, timing, policy,
                           progress=True)
     acc = {r["exit"]: r["accuracy"] for r in result["anytime"]}

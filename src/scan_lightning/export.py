@@ -57,13 +57,13 @@ def check_export_config(cfg: DictConfig) -> None:
         raise FileNotFoundError(f"thresholds_path={cfg.thresholds_path} does not exist")
 
 
-def _policy(cfg: DictConfig, ckpt: Path, num_exits: int):
-    from scan_lightning.inference.policy import resolve_policy
+def _policy(cfg: DictConfig, ckpt: Path, net, shape: tuple[int, ...]):
+    from scan_lightning.inference.policy import model_identity, resolve_policy
 
     plain = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in (
         (k, cfg.get(k)) for k in ("thresholds", "thresholds_path", "temperatures", "fallback"))}
-    return resolve_policy(num_exits, ckpt, plain["thresholds"], plain["thresholds_path"], plain["temperatures"],
-                          plain["fallback"])
+    return resolve_policy(net.num_exits, ckpt, plain["thresholds"], plain["thresholds_path"], plain["temperatures"],
+                          plain["fallback"], model=model_identity(net, shape))
 
 
 def _default_output(ckpt: Path, fmt: str) -> Path:
@@ -106,9 +106,9 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     ckpt = Path(cfg.ckpt_path)
     module = load_module(ckpt)
     net = module.net.eval()
-    policy = _policy(cfg, ckpt, net.num_exits)
     data = module.hparams.run_config["data"]
     shape = (int(data["in_channels"]), int(data["image_size"]), int(data["image_size"]))
+    policy = _policy(cfg, ckpt, net, shape)
     costs = measure_costs(net, shape)
     form = cfg.get("form", "deploy")
     exported = (deploy(net, DeployOptions(compile=False)) if form == "deploy"

@@ -20,7 +20,7 @@ from rich.progress import track
 from scan_lightning.inference.analysis import pick_budget
 from scan_lightning.inference.cost import measure_costs
 from scan_lightning.inference.deploy import DeployOptions, deploy
-from scan_lightning.inference.policy import ExitPolicy, resolve_policy
+from scan_lightning.inference.policy import ExitPolicy, model_identity, resolve_policy
 from scan_lightning.inference.predictor import EarlyExitPredictor, EarlyExitResult
 from scan_lightning.inference.timing import Stopwatch
 
@@ -96,7 +96,8 @@ class Predictor:
                 raise FileNotFoundError(f"a budget needs the saved budgeted curve in {saved_path}")
             policy = pick_budget(json.loads(saved_path.read_text()), budget_macs, budget_ms).for_exits(net.num_exits)
         else:
-            policy = resolve_policy(net.num_exits, path, given, thresholds if given is None else None)
+            policy = resolve_policy(net.num_exits, path, given, thresholds if given is None else None,
+                                    model=model_identity(net, shape))
         saved = json.loads(saved_path.read_text()) if saved_path.is_file() else None
         if deploy_options is None:
             deploy_options = DeployOptions(**saved["deploy"]) if saved and saved.get("deploy") else DeployOptions()

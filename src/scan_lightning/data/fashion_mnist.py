@@ -15,6 +15,22 @@ MEAN, STD = (0.2860,), (0.3530,)
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
+def idx_items(path: Path) -> int:
+    """The item count of a Fashion-MNIST IDX file (28x28 images or labels), after one clear error if the file is
+    foreign, corrupt or truncated."""
+    images = "images" in path.name
+    magic, header, item_bytes = (2051, 16, 28 * 28) if images else (2049, 8, 1)
+    head = path.read_bytes()[:header]
+    fields = [int.from_bytes(head[i:i + 4], "big") for i in range(0, len(head) - 3, 4)]
+    size = path.stat().st_size
+    ok = len(fields) == header // 4 and fields[0] == magic and (not images or fields[2:] == [28, 28])
+    if not ok or size != header + fields[1] * item_bytes:
+        what = "28x28 images" if images else "labels"
+        raise ValueError(f"{path} is not a complete Fashion-MNIST IDX file of {what} (header {fields[:4]}, {size} "
+                         f"bytes). Delete {path.parent} and run `make data` (or reinstall dataset-fashion-mnist)")
+    return fields[1]
+
+
 def raw_folder(root: str | Path) -> Path:
     """Where torchvision's ``FashionMNIST(root)`` reads the uncompressed IDX files."""
     return Path(root) / "FashionMNIST" / "raw"
@@ -57,15 +73,20 @@ class FashionMNISTDataModule(SplitDataModule):
         self.data_dir, self.source_dir, self.download, self.augment = data_dir, source_dir, download, augment
 
     def prepare_data(self) -> None:
-        if all((raw_folder(self.data_dir) / n).is_file() for n in IDX_FILES):
-            return
-        if install_idx_files(self.source_dir, self.data_dir):
-            return
-        if self.download:
+        raw = raw_folder(self.data_dir)
+        if not all((raw / n).is_file() for n in IDX_FILES) and not install_idx_files(self.source_dir, self.data_dir):
+            if not self.download:
+                raise self._missing()
             datasets.FashionMNIST(self.data_dir, train=True, download=True)
             datasets.FashionMNIST(self.data_dir, train=False, download=True)
-            return
-        raise FileNotFoundError(
+        for images, labels in (IDX_FILES[:2], IDX_FILES[2:]):
+            n_images, n_labels = idx_items(raw / images), idx_items(raw / labels)
+            if n_images != n_labels:
+                raise ValueError(f"{raw / images} holds {n_images} images but {raw / labels} {n_labels} labels; "
+                                 f"delete {raw} and run `make data`")
+
+    def _missing(self) -> FileNotFoundError:
+        return FileNotFoundError(
             f"Fashion-MNIST IDX files are neither in {raw_folder(self.data_dir)} nor in data.source_dir="
             f"{self.source_dir}. Install them with `apt-get install dataset-fashion-mnist` (or `make data`), "
             "point data.source_dir at a folder holding them, or set data.download=true."

@@ -15,7 +15,7 @@ from scan_lightning.inference.cache import collect_outputs
 from scan_lightning.inference.cost import measure_costs
 from scan_lightning.inference.deploy import DeployOptions, deploy
 from scan_lightning.inference.latency import measure_latency
-from scan_lightning.inference.policy import ExitPolicy
+from scan_lightning.inference.policy import ExitPolicy, model_identity
 from scan_lightning.inference.timing import first_images, measure_wall_clock
 from scan_lightning.models.multi_exit import MultiExitNetwork
 from scan_lightning.plots import plot_accuracy_vs_macs, plot_exit_histogram
@@ -70,6 +70,7 @@ def run_post_fit(net: MultiExitNetwork, val_batches: Iterable, test_batches: Ite
         else:
             result = score_policy(val, test, costs, policy.for_exits(net.num_exits), latency,
                                   int(search.get("budget_steps", 40)))
+        result["model"] = model_identity(net, input_shape)
         if deployed is not None:
             result["deploy"] = options.to_dict()
         if timing.get("enabled", True):

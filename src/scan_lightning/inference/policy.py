@@ -126,8 +126,10 @@ class ExitPolicy:
             raise ValueError(f"{source}: {err}") from err
 
     @classmethod
-    def load(cls, path: str | Path, num_exits: int | None = None) -> "ExitPolicy":
-        """From a ``thresholds.json``, checked against a network with ``num_exits`` exits."""
+    def load(cls, path: str | Path, num_exits: int | None = None, model: Mapping[str, Any] | None = None
+             ) -> "ExitPolicy":
+        """From a ``thresholds.json``, checked against a network with ``num_exits`` exits and, when the file
+        records the model it was searched for (:func:`model_identity`), against ``model``."""
         path = Path(path)
         try:
             data = json.loads(path.read_text())
@@ -135,15 +137,28 @@ class ExitPolicy:
             raise ValueError(f"{path} is not valid JSON ({err})") from err
         if not isinstance(data, dict):
             raise ValueError(f"{path} does not hold an exit policy (a JSON object with 'thresholds')")
+        saved = data.get("model") or {}
+        for key, value in (model or {}).items():
+            if key in saved and saved[key] != value:
+                raise ValueError(f"{path} was searched for another model ({key} {saved[key]}; this model: {value}); "
+                                 f"search thresholds for this one (evaluate thresholds=search)")
         return cls.from_dict(data, num_exits, source=str(path))
+
+
+def model_identity(net: Any, input_shape: Sequence[int]) -> dict[str, Any]:
+    """What a saved policy must match: input shape, exit count and class count of the network."""
+    return {"input_shape": [int(d) for d in input_shape], "num_exits": int(net.num_exits),
+            "num_classes": int(net.num_classes)}
 
 
 def resolve_policy(num_exits: int, ckpt: str | Path, thresholds: Sequence[float] | None = None,
                    thresholds_path: str | Path | None = None, temperatures: Sequence[float] | None = None,
-                   fallback: str | None = "ensemble", required: bool = True) -> ExitPolicy | None:
+                   fallback: str | None = "ensemble", required: bool = True,
+                   model: Mapping[str, Any] | None = None) -> ExitPolicy | None:
     """The exit policy for a checkpoint (``evaluate``, ``export``, ``Predictor``): the ``thresholds`` given (with
     ``temperatures`` and ``fallback``), else ``thresholds_path``, else the ``thresholds.json`` beside ``ckpt``.
-    ``None`` when nothing is saved and the policy is not ``required``."""
+    ``None`` when nothing is saved and the policy is not ``required``. ``model`` (:func:`model_identity`): a saved
+    file searched for another model is refused."""
     if thresholds is not None:
         if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence):
             raise ValueError(f"thresholds={thresholds!r} must be a list with one value per exit")
@@ -154,10 +169,10 @@ def resolve_policy(num_exits: int, ckpt: str | Path, thresholds: Sequence[float]
     if thresholds_path:
         if not Path(thresholds_path).is_file():
             raise FileNotFoundError(f"thresholds_path={thresholds_path} does not exist")
-        return ExitPolicy.load(thresholds_path, num_exits)
+        return ExitPolicy.load(thresholds_path, num_exits, model)
     beside = Path(ckpt).parent / "thresholds.json"
     if beside.is_file():
-        return ExitPolicy.load(beside, num_exits)
+        return ExitPolicy.load(beside, num_exits, model)
     if required:
         raise FileNotFoundError(f"no thresholds: {beside} does not exist (the post-fit search writes it beside the "
                                 f"selected checkpoint); give thresholds_path=... or thresholds=[...] (one per exit)")
