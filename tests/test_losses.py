@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from torch.nn import functional as F
 from hydra.errors import InstantiationException
 from omegaconf.errors import InterpolationResolutionError
 
@@ -87,12 +88,29 @@ def test_composer_weights_and_returns_each_term():
     assert str(LossComposer(terms)) == "0.5 * ce + 2 * kd"
 
 
-def test_scan_preset_follows_eq1(make_cfg):
-    cfg = make_cfg("loss=scan", "loss.terms.kd.weight=0.3")
-    composer = build(cfg.loss)
-    w = {name: t.weight for name, t in composer.terms.items()}
-    assert w["ce"] == pytest.approx(0.7) and w["kd"] == pytest.approx(0.3) and w["ce_deep"] == 1.0
-    assert composer.terms["kd"].temperature == 3.0
+def _scan_reference(out, y: torch.Tensor, alpha: float, lam: float, temperature: float, deep_ce_weight: float):
+    """SCAN's loss written out term by term with torch.nn.functional, independently of the loss terms."""
+    teacher, f_deep = out.logits[-1].detach(), out.features[-1].detach()
+    total = deep_ce_weight * F.cross_entropy(out.logits[-1], y)
+    for logits, feature in zip(out.logits[:-1], out.features[:-1]):
+        kl = F.kl_div(F.log_softmax(logits / temperature, -1), F.softmax(teacher / temperature, -1),
+                      reduction="batchmean") * temperature ** 2
+        total = total + (1 - alpha) * F.cross_entropy(logits, y) + alpha * kl \
+            + lam * ((feature - f_deep) ** 2).sum(1).mean()
+    return total
+
+
+@pytest.mark.parametrize("preset,temperature,deep_ce_weight", [("scan", 1.0, 0.7), ("scan_code", 3.0, 1.0)])
+def test_scan_presets_equal_the_loss_written_out_by_hand(make_cfg, preset, temperature, deep_ce_weight):
+    """``scan``: Eq. 1 as printed, over every exit (the deepest gets (1 - alpha) CE, no temperature);
+    ``scan_code``: the public code (deepest exit CE at weight 1, KD at T = 3 scaled by T^2)."""
+    composer = build(make_cfg(f"loss={preset}", "loss.terms.kd.weight=0.3").loss)
+    torch.manual_seed(1)
+    out = ExitOutputs([torch.randn(6, 5) for _ in range(4)], [torch.randn(6, 8) for _ in range(4)])
+    y = torch.randint(5, (6,))
+    total, _ = composer(out, y)
+    want = _scan_reference(out, y, alpha=0.3, lam=6.4e-5, temperature=temperature, deep_ce_weight=deep_ce_weight)
+    assert total.item() == pytest.approx(want.item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("override,needle", [

@@ -10,7 +10,7 @@ Both methods get the same data, the same backbone and the same training budget:
   materialised once, so both models see identical tensors.
 - **backbone**: full-width CIFAR-stem ResNet18 (3x3/1 stem, no max-pool, torchvision ``BasicBlock``,
   64-128-256-512), 1 input channel, exits after layer1, layer2, layer3 and the final classifier.
-  Ours: ``model=resnet18 data=fashion_mnist loss=scan`` (attention + bottleneck heads, self-distillation),
+  Ours: ``model=resnet18 data=fashion_mnist loss=scan_code`` (attention + bottleneck heads, self-distillation),
   built and trained through our Hydra config, ``MultiExitModule`` and a Lightning ``Trainer``.
   earlyon: ``earlyon.models.custom_ee`` (its way to wrap any backbone; it ships no CIFAR ResNet18) on the same
   ResNet18 written as an ``nn.Sequential`` (so its staged deployment applies), its ``EarlyExitHead``s,
@@ -81,7 +81,7 @@ def compose_scan_config(lr: float = 0.05, epochs: int = 2, seed: int = 0, train_
 
     from scan_lightning.config import config_dir
 
-    overrides = ["model=resnet18", "data=fashion_mnist", "loss=scan", "logger=none", "callbacks=none",
+    overrides = ["model=resnet18", "data=fashion_mnist", "loss=scan_code", "logger=none", "callbacks=none",
                  f"optim.optimizer.lr={lr}", f"trainer.max_epochs={epochs}", f"seed={seed}",
                  f"data.max_train_samples={train_images}", f"paths.data_dir={REPO / 'data'}",
                  f"paths.output_dir={OUT_DIR}"]

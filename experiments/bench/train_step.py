@@ -1,6 +1,6 @@
 """Benchmark: what does a SCAN training step cost next to the plain network's, eager and compiled?
 
-SCAN ResNet18 (``model=resnet18 data=cifar100 loss=scan``: four exits, attention + bottleneck heads,
+SCAN ResNet18 (``model=resnet18 data=cifar100 loss=scan_code``: four exits, attention + bottleneck heads,
 CE + KD + feature hint) against the plain ResNet18 (the same backbone and deep head alone, ``exit_after=[4]``, CE),
 both at 3x32x32, batch 128, SGD as configured. One step = forward, loss, backward, optimiser step. The variants
 (plain / SCAN, eager / ``torch.compile`` of the forward: the ``compile=true`` run option) are timed interleaved,
