@@ -126,3 +126,41 @@ def test_isc_identity_adds_the_previous_logits():
     torch.testing.assert_close(out.logits[0], plain.logits[0])
     with pytest.raises(ValueError, match="model.isc='mlp'"):
         MultiExitNetwork(build_backbone("resnet18", width=0.125), 5, isc="mlp")
+
+
+def _section_param_grads(net, x, exits) -> list[torch.Tensor]:
+    net.zero_grad()
+    out = net(x)
+    sum(out.logits[j].square().mean() for j in exits).backward()
+    return [torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel(), dtype=p.dtype)
+                       for p in s.parameters()]) for s in net.sections]
+
+
+def _small_msdnet(make_cfg, ge_scales: str):
+    from scan_lightning.config import build
+
+    cfg = make_cfg("model=msdnet_cifar_anytime", "data=synthetic", f"model.ge_scales={ge_scales}",
+                   "model.backbone.num_blocks=4", "model.backbone.step=1", "model.backbone.base=1",
+                   "model.backbone.channels=4", "model.backbone.growth=2", "model.bottleneck_width=8")
+    return build(cfg.model).double().eval()
+
+
+def test_ge_on_msdnet_gives_each_block_the_mean_of_its_exits_parameter_gradients(make_cfg):
+    """IMTA Eq. 5 on a multi-scale network, checked on the blocks' parameter gradients against one backward
+    pass per exit without GE: block i gets the mean of the gradients of exits i..k (every scale rescaled)."""
+    torch.manual_seed(0)
+    net = _small_msdnet(make_cfg, "all")
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    k = net.num_exits
+    per_exit = [_section_param_grads(net, x, [j]) for j in range(k)]
+    net.gradient_equilibrium = True
+    with_ge = _section_param_grads(net, x, list(range(k)))
+    for i in range(k):
+        want = torch.stack([per_exit[j][i] for j in range(i, k)]).mean(0)
+        torch.testing.assert_close(with_ge[i], want, atol=1e-9, rtol=1e-7)
+    # the public code's rule rescales the coarsest scale only: the first block then gets more than the mean
+    public = _small_msdnet(make_cfg, "coarsest")
+    public.load_state_dict(net.state_dict())
+    public.gradient_equilibrium = True
+    first = _section_param_grads(public, x, list(range(k)))[0]
+    assert first.norm() > 1.05 * with_ge[0].norm()

@@ -14,6 +14,7 @@ HEAD_KINDS = ("bottleneck", "linear", "msdnet")
 DEEP_HEAD_KINDS = ("linear", "msdnet")
 SectionOutput = torch.Tensor | list[torch.Tensor]
 ISC_TRANSFERS = ("identity", "linear")
+GE_SCALES = ("all", "coarsest")
 
 
 class ExitOutputs(NamedTuple):
@@ -102,6 +103,10 @@ class MultiExitNetwork(nn.Module):
         exit_after: 1-based sections followed by an exit (the last always is); ``None`` = every section.
         gradient_equilibrium: IMTA's GE - each section receives the mean, not the sum, of the gradients
             of the exits behind it (forward unchanged).
+        ge_scales: which of a multi-scale section's outputs (MSDNet) GE rescales on their way onward: ``"all"``
+            (paper, Eq. 5: every path out of a block, so its parameters get the mean of the exits' gradients) or
+            ``"coarsest"`` (public code: only the map the exit reads; the finer scales carry later exits'
+            gradients unscaled).
         isc: IMTA's Inline Subnetwork Collaboration - exit i+1 also sees exit i's logits. ``None`` = off;
             ``"identity"`` (paper): the previous logits are added to the exit's own (residual learning);
             ``"linear"`` (public code): Linear(classes -> feature width) + BN + ReLU of the previous
@@ -119,6 +124,7 @@ class MultiExitNetwork(nn.Module):
         deep_head: str = "linear",
         exit_after: Sequence[int] | None = None,
         gradient_equilibrium: bool = False,
+        ge_scales: str = "all",
         isc: str | None = None,
         isc_detach: bool = True,
     ) -> None:
@@ -130,6 +136,9 @@ class MultiExitNetwork(nn.Module):
         self.backbone = backbone
         self.num_classes = num_classes
         self.gradient_equilibrium = gradient_equilibrium
+        if ge_scales not in GE_SCALES:
+            raise ValueError(f"model.ge_scales={ge_scales!r} is not allowed; choose one of {GE_SCALES}")
+        self.ge_scales = ge_scales
         if isc is not None and isc not in ISC_TRANSFERS:
             raise ValueError(f"model.isc={isc!r} is not allowed; choose null or one of {ISC_TRANSFERS}")
         self.isc, self.isc_detach = isc, isc_detach
@@ -201,10 +210,14 @@ class MultiExitNetwork(nn.Module):
         for i, section in enumerate(self.backbone.sections):
             x = section(x)
             branch = exit_input(x)
-            if self.gradient_equilibrium:  # only the map the exit reads feeds two paths
+            if self.gradient_equilibrium:
                 to_exit, onward = equilibrium_scales(i, self.num_exits)
-                onward_tap = scale_gradient(branch, onward)
-                x = [*x[:-1], onward_tap] if isinstance(x, (list, tuple)) else onward_tap
+                if not isinstance(x, (list, tuple)):
+                    x = scale_gradient(branch, onward)
+                elif self.ge_scales == "all":   # every path out of the block goes onward at the same scale
+                    x = [scale_gradient(t, onward) for t in x]
+                else:                           # public code: the exit's map only
+                    x = [*x[:-1], scale_gradient(branch, onward)]
                 branch = scale_gradient(branch, to_exit)
             out, feat = self.forward_exit(i, branch, logits[-1] if logits else None)
             logits.append(out)
