@@ -15,6 +15,7 @@ from scan_lightning.train import train
 from tests.test_configs import options
 
 EXITS = {"wrn20_8": 3, "wrn44_8": 3, "torchvision": 3, "msdnet_cifar_anytime": 7, "msdnet_cifar_budgeted": 5,
+         "msdnet_cifar_imta": 7,
          "msdnet_imagenet": 5}
 # heavy at 224 px or very deep: run with `make test-slow`; the default run keeps one of each family
 LIGHT = {("resnet18", "cifar100"), ("resnet50", "cifar100"), ("vgg16_bn", "cifar100"), ("wrn20_8", "cifar100"),
