@@ -1,0 +1,59 @@
+"""Every paper overlay in conf/experiment composes with its paper's setting, and fast_dev_runs on synthetic data."""
+from __future__ import annotations
+
+import pytest
+
+from scan_lightning.train import train
+from tests.test_configs import options
+
+OVERLAYS = options("experiment")
+# one per family in the default run; the rest (deep ResNets, VGG19, WRN-44, the ImageNet sizes) with `make test-slow`
+LIGHT = {"scan_cifar100_resnet18", "scan_cifar100_vgg16_bn_baseline", "scan_cifar100_wrn20_8",
+         "scan_imagenet_resnet18", "scan_fig2_resnet50_dsn", "imta_msdnet_cifar100", "imta_ablation_fashion"}
+
+
+def test_every_published_scan_experiment_has_an_overlay():
+    nets = ("vgg16_bn", "vgg19_bn", "resnet18", "resnet50", "resnet101", "resnet152", "wrn20_8", "wrn44_8")
+    want = {f"scan_cifar100_{n}{b}" for n in nets for b in ("", "_baseline")}
+    want |= {f"scan_imagenet_{n}{b}" for n in ("resnet18", "resnet50", "resnet101") for b in ("", "_baseline")}
+    want |= {"scan_fig2_resnet50_dsn", "scan_fig2_resnet50_self_distillation", "imta_msdnet_cifar100",
+             "imta_msdnet_imagenet"}
+    assert want <= set(OVERLAYS), sorted(want - set(OVERLAYS))
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_overlay_composes_with_the_paper_setting(make_cfg, name):
+    cfg = make_cfg(f"experiment={name}")
+    assert cfg.task_name == name
+    terms = cfg.loss.terms
+    if name.startswith("scan_") and name.endswith("_baseline"):      # a real single-exit run
+        assert set(terms) == {"ce_deep", "ce"} and terms.ce.weight == 0.0
+        assert cfg.callbacks.threshold_search is None
+    elif name.startswith(("scan_cifar100", "scan_imagenet", "scan_fig2_resnet50_self")):   # Eq. 1 as printed
+        assert terms.ce.exits == "all" and terms.kd.temperature == 1.0
+    if name.startswith("scan_"):
+        assert cfg.search.fallback == "ensemble"                      # Algorithm 1
+        assert cfg.data._target_.endswith("ImageNetDataModule" if "imagenet" in name else "CIFARDataModule")
+    if name.startswith("scan_fig2"):
+        assert cfg.model.attention is False
+    if name.startswith("imta_msdnet"):
+        assert cfg.model.ge_scales == "all" and cfg.model.gradient_equilibrium is True
+
+
+def _synthetic(name: str) -> list[str]:
+    size, stem = ("64", "imagenet") if "imagenet" in name else ("32", "cifar")
+    return ["data=synthetic", "data.num_classes=10", f"data.image_size={size}", f"data.stem={stem}",
+            "data.batch_size=4", "data.eval_batch_size=8", "data.val_size=16", "data.train_samples=64",
+            "data.test_samples=16", "trainer.fast_dev_run=true", "timing.enabled=false", "logger=none"]
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in LIGHT else pytest.mark.slow) for n in OVERLAYS])
+def test_overlay_fast_dev_runs_on_synthetic_data(make_cfg, name):
+    if name == "imta_ablation_fashion":
+        cfg = make_cfg(f"experiment={name}", "trainer.fast_dev_run=true", "timing.enabled=false", "logger=none",
+                       "data=synthetic", "data.in_channels=1", "data.image_size=28", "data.stem=cifar",
+                       "data.val_size=16", "data.train_samples=64", "data.test_samples=16")
+    else:
+        cfg = make_cfg(f"experiment={name}", *_synthetic(name))
+    metrics = train(cfg)
+    assert any(k.startswith("test/acc/") for k in metrics)
