@@ -119,6 +119,19 @@ def final_checkpoint(trainer: pl.Trainer, out_dir: Path) -> str:
     return str(path)
 
 
+def finished(run_dir: Path) -> bool:
+    """The run in ``run_dir`` ran to its end (a summary written by a stopped run says ``status: interrupted``)."""
+    path = Path(run_dir) / SUMMARY
+    return path.is_file() and json.loads(path.read_text()).get("status", "finished") == "finished"
+
+
+def resume_checkpoint(run_dir: Path) -> str | None:
+    """The checkpoint an unfinished run in ``run_dir`` resumes from: the newer of ``last.ckpt`` (epoch end) and
+    ``interrupted.ckpt`` (a signal); ``None`` when it has neither."""
+    saved = [p for p in (Path(run_dir) / "checkpoints" / n for n in ("last.ckpt", "interrupted.ckpt")) if p.is_file()]
+    return str(max(saved, key=lambda p: p.stat().st_mtime)) if saved else None
+
+
 def write_summary(out_dir: Path, metrics: dict[str, float], checkpoint: str | None, status: str = "finished",
                   extra: dict | None = None) -> None:
     """``summary.json``: the final metrics and the selected checkpoint, written last, so ``status: finished``

@@ -14,7 +14,7 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from scan_lightning.builders import SUMMARY, prepare, save_resolved_config
+from scan_lightning.builders import SUMMARY, finished, prepare, resume_checkpoint, save_resolved_config
 from scan_lightning.config import ConfigError, build, to_plain
 from scan_lightning.finetune import check_new_tensors_train, load_matching
 from scan_lightning.logs import get_logger
@@ -40,12 +40,6 @@ def phase_config(cfg: DictConfig, name: str, earlier: list[str], base_dir: Path)
         if phase.get("logger") and phase.logger.get("wandb") and not phase.logger.wandb.get("name"):
             phase.logger.wandb.name = f"{cfg.task_name}-{name}"
     return phase
-
-
-def finished(phase_dir: Path) -> bool:
-    """The phase ran to its end (a summary written by a stopped run says ``status: interrupted``)."""
-    path = phase_dir / SUMMARY
-    return path.is_file() and json.loads(path.read_text()).get("status", "finished") == "finished"
 
 
 def finished_checkpoint(phase_dir: Path) -> str:
@@ -97,9 +91,9 @@ def run_phases(cfg: DictConfig, run: Callable[[DictConfig], dict[str, float]]) -
             for key in PHASE_REFERENCES:
                 if phase.get(key) in phases:
                     phase[key] = finished_checkpoint(base_dir / phase[key])
-            saved = [p for p in (phase_dir / "checkpoints" / n for n in ("last.ckpt", "interrupted.ckpt")) if p.is_file()]
-            if saved and not phase.get("ckpt_path"):   # the newer of the epoch-end and the signal checkpoint
-                phase.ckpt_path = str(max(saved, key=lambda p: p.stat().st_mtime))
+            resume = resume_checkpoint(phase_dir)
+            if resume and not phase.get("ckpt_path"):
+                phase.ckpt_path = resume
         resumed = f", resuming from {phase.ckpt_path}" if phase.get("ckpt_path") else ""
         log.info(f"== phase {name} ({i}/{len(phases)}): output in {phase_dir}{resumed}")
         metrics = run(phase)

@@ -10,23 +10,28 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from scan_lightning.builders import (
+    SUMMARY,
     final_checkpoint,
+    finished,
     prepare,
     report_exits,
+    resume_checkpoint,
     save_resolved_config,
     write_summary,
 )
 from scan_lightning.callbacks import InterruptCheckpoint, ThresholdSearch
 from scan_lightning.callbacks.threshold_search import dynamic_metrics
 from scan_lightning.config import ConfigError, RunStopped, config_dir
+from scan_lightning.logs import get_logger
 from scan_lightning.phases import run_phases
 from scan_lightning.task import run_entry_point, task_wrapper
 
 __all__ = ["ConfigError", "main", "train"]
+log = get_logger(__name__)
 
 
 @task_wrapper
@@ -38,9 +43,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     if cfg.get("phases"):
         return run_phases(cfg, run=train)
+    out_dir = Path(cfg.paths.output_dir)
+    if finished(out_dir):   # a rerun of a finished job (e.g. a multirun started again in its sweep dir)
+        log.info(f"{out_dir} holds a finished run ({SUMMARY}): skipped")
+        return json.loads((out_dir / SUMMARY).read_text())["metrics"]
+    resume = None if cfg.get("ckpt_path") else resume_checkpoint(out_dir)
+    if resume:
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            cfg.ckpt_path = resume
+        log.info(f"{out_dir} holds an unfinished run: resuming from {resume}")
     pl.seed_everything(cfg.seed, workers=True)
     module, datamodule, trainer = prepare(cfg)
-    out_dir = Path(cfg.paths.output_dir)
     if rank_zero_only.rank == 0:
         save_resolved_config(cfg, out_dir)
 
