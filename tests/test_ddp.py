@@ -45,3 +45,14 @@ def test_ddp_writes_and_logs_on_rank_zero_only(ddp_run):
     assert "sync_batchnorm: off" in log
     assert not any("Per-exit" in p.read_text() for p in run_dir.glob("*.log") if p.name != "train.log")
     assert len(list(run_dir.rglob("thresholds.json"))) == 1
+
+
+def test_ddp_spawn_keeps_the_post_fit_summary(tmp_path):
+    proc = run_cli("trainer=ddp", "trainer.strategy=ddp_spawn", "trainer.accelerator=cpu", "trainer.devices=2",
+                   "data=synthetic", f"data.test_samples={TEST_SAMPLES}", "data.val_size=63",
+                   "model.backbone.width=0.125", "model.bottleneck_width=8", "trainer.max_epochs=1",
+                   "trainer.limit_train_batches=2", "timing.enabled=false", "logger=csv", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (run_dir,) = tmp_path.glob("logs/train/runs/*")
+    assert "test/dynamic/accuracy" in json.loads((run_dir / "summary.json").read_text())["metrics"]
+    assert (run_dir / "train.log").read_text().count("Dynamic inference") == 1

@@ -28,6 +28,7 @@ from scan_lightning.callbacks.threshold_search import dynamic_metrics
 from scan_lightning.config import ConfigError, RunStopped, config_dir
 from scan_lightning.logs import get_logger
 from scan_lightning.phases import run_phases
+from scan_lightning.report import render_dynamic_summary
 from scan_lightning.task import run_entry_point, task_wrapper
 
 __all__ = ["ConfigError", "main", "train"]
@@ -72,10 +73,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         if trainer.is_global_zero:
             report_exits(module, cfg, metrics, out_dir)
-    if any(isinstance(c, ThresholdSearch) for c in trainer.callbacks):
-        result = ThresholdSearch.result_path(trainer)   # written by rank 0's callback, whatever the strategy
-        if result.is_file():
-            metrics.update(dynamic_metrics(json.loads(result.read_text())))
+    search = next((c for c in trainer.callbacks if isinstance(c, ThresholdSearch)), None)
+    if search is not None:
+        path = ThresholdSearch.result_path(trainer)   # written by rank 0's callback, whatever the strategy
+        if path.is_file():
+            result = json.loads(path.read_text())
+            metrics.update(dynamic_metrics(result))
+            if not search.metrics and trainer.is_global_zero:   # it ran in a spawned process (ddp_spawn)
+                log.info(render_dynamic_summary(result))
     checkpoint = best or final_checkpoint(trainer, out_dir)   # every rank: saving is collective under DDP
     if trainer.is_global_zero:
         write_summary(out_dir, metrics, checkpoint)
