@@ -167,3 +167,16 @@ def test_thresholds_saved_for_another_model_are_refused(tmp_path):
     saved.write_text("{not json")
     with pytest.raises(ValueError, match=f"{saved} is not valid JSON"):
         ExitPolicy.load(saved, 4)
+
+
+def test_wandb_run_id_follows_the_run_directory(make_cfg, tmp_path):
+    """A run resumed in its own directory continues its W&B run; any other directory starts its own."""
+    from omegaconf import open_dict
+
+    first = make_cfg("logger=wandb")
+    again = make_cfg("logger=wandb")
+    other = make_cfg("logger=wandb")
+    with open_dict(other):
+        other.paths.output_dir = str(tmp_path / "elsewhere")
+    assert first.logger.wandb.id == again.logger.wandb.id != other.logger.wandb.id
+    assert first.logger.wandb.resume == "allow"

@@ -1,6 +1,7 @@
 """Where the Hydra configs are, the resolvers they use, and the one helper every object is built with."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +46,19 @@ def _if(condition: Any, then: Any, otherwise: Any) -> Any:
     return then if condition else otherwise
 
 
+def _run_id(output_dir: str) -> str:
+    """``${sl.run_id:${paths.output_dir}}``: a W&B run id fixed by the run directory, so a run resumed in its own
+    directory continues the same W&B run (and its curves) while every other directory gets its own."""
+    return hashlib.sha1(str(Path(output_dir).resolve()).encode()).hexdigest()[:16]
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("sl.one_minus"):
         OmegaConf.register_new_resolver("sl.one_minus", _one_minus)
     if not OmegaConf.has_resolver("sl.if"):
         OmegaConf.register_new_resolver("sl.if", _if)
+    if not OmegaConf.has_resolver("sl.run_id"):
+        OmegaConf.register_new_resolver("sl.run_id", _run_id)
 
 
 def build(cfg: DictConfig | dict, key: str | None = None, **kwargs: Any) -> Any:
