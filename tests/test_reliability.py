@@ -180,3 +180,14 @@ def test_wandb_run_id_follows_the_run_directory(make_cfg, tmp_path):
         other.paths.output_dir = str(tmp_path / "elsewhere")
     assert first.logger.wandb.id == again.logger.wandb.id != other.logger.wandb.id
     assert first.logger.wandb.resume == "allow"
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("data.batchsize=3", "Could not override 'data.batchsize'"),          # typo'd key
+    ("model=resnet7", "Could not find 'model/resnet7'"),                  # unknown group option
+    ("seed=[1", "no viable alternative"),                                 # an override Hydra cannot parse
+])
+def test_overrides_hydra_cannot_compose_exit_with_status_2(tmp_path, override, needle):
+    proc = run_cli(override, cwd=tmp_path)
+    assert proc.returncode == 2 and needle in proc.stderr, (proc.returncode, proc.stderr[-1000:])
+    assert not (tmp_path / "logs").exists()

@@ -21,6 +21,7 @@ from scan_lightning.inference.policy import model_identity, resolve_policy
 from scan_lightning.checkpoints import load_module
 from scan_lightning.logs import get_logger
 from scan_lightning.report import exit_rows, render_dynamic_summary, render_exit_table
+from scan_lightning.task import cli as run_cli
 from scan_lightning.task import run_entry_point, task_wrapper
 
 log = get_logger(__name__)
@@ -66,5 +67,10 @@ def main(cfg: DictConfig) -> None:
     run_entry_point(evaluate, cfg, prefix="error")
 
 
+def cli() -> None:
+    """The console command (``scan-evaluate``, ``python -m scan_lightning.evaluate``)."""
+    run_cli(main)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

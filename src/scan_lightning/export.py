@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from scan_lightning.config import config_dir
 from scan_lightning.logs import get_logger
+from scan_lightning.task import cli as run_cli
 from scan_lightning.task import run_entry_point, task_wrapper
 
 log = get_logger(__name__)
@@ -139,5 +140,10 @@ def main(cfg: DictConfig) -> None:
     run_entry_point(export, cfg, prefix="error")
 
 
+def cli() -> None:
+    """The console command (``scan-export``, ``python -m scan_lightning.export``)."""
+    run_cli(main)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -14,6 +14,7 @@ from scan_lightning.logs import get_logger
 log = get_logger(__name__)
 T = TypeVar("T")
 USER_ERRORS = (ConfigError, ValueError, FileNotFoundError)
+_task_started = False   # set when a task starts: Hydra's own composition errors come before it
 
 
 def close_wandb() -> None:
@@ -47,6 +48,8 @@ def task_wrapper(task: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
 def run_entry_point(task: Callable[[DictConfig], Any], cfg: DictConfig, prefix: str = "Invalid configuration") -> Any:
     """What a ``@hydra.main`` function does: run ``task``; rejected input -> one line on stderr, exit status 2; a
     run that stopped for a named reason (:class:`RunStopped`) -> that reason on stderr, exit status 3."""
+    global _task_started
+    _task_started = True
     try:
         return task(cfg)
     except USER_ERRORS as err:
@@ -55,3 +58,14 @@ def run_entry_point(task: Callable[[DictConfig], Any], cfg: DictConfig, prefix: 
     except RunStopped as err:
         print(f"Run stopped: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+
+
+def cli(hydra_main: Callable[[], Any]) -> None:
+    """Run a ``@hydra.main`` function as a command. Hydra reports an override it cannot compose (unknown option,
+    typo'd key, bad value type) with exit status 1; here that is status 2, like every other rejected input."""
+    try:
+        hydra_main()
+    except SystemExit as err:
+        if err.code == 1 and not _task_started:
+            sys.exit(2)
+        raise

@@ -29,6 +29,7 @@ from scan_lightning.config import ConfigError, RunStopped, config_dir
 from scan_lightning.logs import get_logger
 from scan_lightning.phases import run_phases
 from scan_lightning.report import render_dynamic_summary
+from scan_lightning.task import cli as run_cli
 from scan_lightning.task import run_entry_point, task_wrapper
 
 __all__ = ["ConfigError", "main", "train"]
@@ -115,5 +116,10 @@ def main(cfg: DictConfig) -> float | None:
     return metrics.get(name) if name else None
 
 
+def cli() -> None:
+    """The console command (``scan-train``, ``python -m scan_lightning.train``)."""
+    run_cli(main)
+
+
 if __name__ == "__main__":
-    main()
+    cli()
