@@ -25,11 +25,14 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def load_module(path: str | Path, map_location: str | torch.device = "cpu"):
-    """The :class:`~scan_lightning.module.MultiExitModule` of a checkpoint, checked and loaded as plain data."""
+    """The :class:`~scan_lightning.module.MultiExitModule` of a checkpoint: read once as plain data (one clear
+    error for a missing, truncated or foreign file), rebuilt from its hyper-parameters, weights loaded."""
     from scan_lightning.module import MultiExitModule
 
-    read_checkpoint(path)   # one clear error for a missing, truncated or foreign file
-    return MultiExitModule.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+    checkpoint = read_checkpoint(path)
+    module = MultiExitModule(**checkpoint["hyper_parameters"])
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.to(map_location).eval()
 
 
 def network_state(checkpoint: dict) -> dict[str, torch.Tensor]:
