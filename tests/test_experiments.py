@@ -57,3 +57,35 @@ def test_overlay_fast_dev_runs_on_synthetic_data(make_cfg, name):
         cfg = make_cfg(f"experiment={name}", *_synthetic(name))
     metrics = train(cfg)
     assert any(k.startswith("test/acc/") for k in metrics)
+
+
+def _fake_run(root, task: str, accs: list[float], ga: tuple[float, float] | None = None) -> None:
+    import json
+
+    run = root / task
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config_resolved.yaml").write_text(f"task_name: {task}\n")
+    metrics = {f"test/acc/exit{i + 1}": a for i, a in enumerate(accs)} | {"test/acc/ensemble": max(accs) + 0.01}
+    (run / "summary.json").write_text(json.dumps({"status": "finished", "checkpoint": "x", "metrics": metrics}))
+    if ga:
+        (run / "checkpoints" / "thresholds.json").write_text(
+            json.dumps({"test": {"accuracy": ga[0], "speedup_plain": ga[1]}}))
+
+
+def test_paper_table_collector_puts_the_paper_beside_our_runs(tmp_path):
+    import importlib.util
+
+    from tests.conftest import CONF
+
+    spec = importlib.util.spec_from_file_location("scan_paper_table", CONF.parent / "experiments" / "scan_paper_table.py")
+    collector = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(collector)
+    _fake_run(tmp_path, "scan_cifar100_resnet18", [0.70, 0.76, 0.78, 0.79], ga=(0.785, 2.1))
+    _fake_run(tmp_path, "scan_cifar100_resnet18_baseline", [0.10, 0.10, 0.10, 0.77])
+    _fake_run(tmp_path, "scan_fig2_resnet50_dsn", [0.7, 0.75, 0.78, 0.79])
+    t = collector.tables(collector.runs([tmp_path]))
+    (row,) = t["cifar100"]
+    assert row["network"] == "resnet18" and row["baseline"] == pytest.approx(77.0)
+    text = collector.markdown(t)
+    assert "| resnet18 | 77.00 (77.09) | 70.00 (71.84) / 76.00 (77.74) / 78.00 (78.62) / 79.00 (79.13) |" in text
+    assert "78.50 / 2.10x fewer" in text and "| DSN | 70.00 / 75.00 / 78.00 / 79.00 |" in text
