@@ -85,6 +85,9 @@ def test_signal_saves_a_checkpoint_and_a_partial_summary_then_resumes(tmp_path, 
     ("model.num_classes=7", "model.num_classes=7 but the data has 10 classes"),
     ("data.batch_size=abc", "data.batch_size='abc' must be an integer >= 1"),
     ("data.max_train_samples=0", "data.max_train_samples=0 must be an integer >= 1 (or null"),
+    ("data.batch_size=0", "data.batch_size=0 must be an integer >= 1"),
+    ("data.val_size=0", "data.val_size=0 must be an integer >= 1"),
+    ("data.val_size=100000", "data.val_size=100000 must be smaller than the training set (320 samples)"),
     ("ckpt_path=/nonexistent/last.ckpt", "ckpt_path=/nonexistent/last.ckpt does not exist"),
 ])
 def test_bad_input_is_one_clear_error_before_work_starts(make_cfg, override, needle):
