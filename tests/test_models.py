@@ -25,7 +25,14 @@ def test_shapes_and_feature_widths(stem, size, reductions):
     # every SCAN bottleneck exit produces a feature as wide as the deep exit's (needed by the hint loss)
     assert [f.shape for f in out.features] == [torch.Size([2, 128])] * 4
     assert out.ensemble.shape == (2, 7)
-    torch.testing.assert_close(out.ensemble, torch.stack(out.logits).mean(0))
+
+
+def test_ensemble_is_the_mean_of_the_exits_logits():
+    """SCAN's ensemble (Algorithm 1's fallback), on numbers worked out by hand."""
+    from scan_lightning.models.multi_exit import ExitOutputs
+
+    out = ExitOutputs([torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 3.0]]), torch.tensor([[2.0, 0.0]])], [])
+    assert out.ensemble.tolist() == [[1.0, 1.0]]
 
 
 def test_scan_head_geometry_full_width():
