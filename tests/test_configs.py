@@ -110,3 +110,17 @@ def test_slurm_cluster_settings_reach_the_trainer():
     trainer_cfg.accelerator = "cpu"          # no GPU here: the same counts on CPU processes
     trainer = build(trainer_config(trainer_cfg), logger=False)
     assert trainer.num_nodes == 4 and trainer.num_devices == 8
+
+
+@pytest.mark.parametrize("name", options("debug"))
+def test_debug_configs_run_a_tiny_training(make_cfg, name):
+    """debug=<name>: one process, no logger, anomaly detection, a short run that goes through to the summary."""
+    from scan_lightning.train import train
+
+    cfg = make_cfg(f"debug={name}", "data=synthetic", "model.backbone.width=0.125", "model.bottleneck_width=8",
+                   "trainer.max_epochs=1", "trainer.limit_train_batches=2")
+    assert cfg.task_name == "debug" and cfg.trainer.detect_anomaly is True and cfg.logger is None
+    if name == "overfit":
+        assert cfg.trainer.overfit_batches == 3
+    metrics = train(cfg)
+    assert "val/acc/ensemble" in metrics
