@@ -14,7 +14,6 @@ from scan_lightning.inference.deploy import fold_batchnorm
 from scan_lightning.models import MultiExitNetwork, build_backbone
 from scan_lightning.train import train
 from tests.test_data import write_cifar100
-from tests.test_imta import section_output_grads
 from tests.test_inference import assert_predictor_matches_median_thresholds
 from tests.test_zoo import make_image_folder
 
@@ -67,19 +66,6 @@ def test_he_initialisation_is_applied():
     big = max(convs, key=lambda c: c.weight.numel())
     fan_in = big.in_channels * big.kernel_size[0] * big.kernel_size[1]
     assert abs(big.weight.std().item() - 1 / math.sqrt(3 * fan_in)) > 0.2 / math.sqrt(3 * fan_in)
-
-
-def test_ge_gives_each_blocks_coarsest_map_the_mean_of_its_exit_gradients():
-    torch.manual_seed(0)
-    net = small_msdnet().double().eval()
-    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
-    k = net.num_exits
-    per_exit = [section_output_grads(net, x, [j]) for j in range(k)]
-    net.gradient_equilibrium = True
-    with_ge = section_output_grads(net, x, list(range(k)))
-    for i in range(k):
-        torch.testing.assert_close(with_ge[i], torch.stack([per_exit[j][i] for j in range(i, k)]).mean(0),
-                                   atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("isc", [None, "identity"])
