@@ -189,8 +189,10 @@ def test_wandb_run_id_follows_the_run_directory(make_cfg, tmp_path):
     ("data.batchsize=3", "Could not override 'data.batchsize'"),          # typo'd key
     ("model=resnet7", "Could not find 'model/resnet7'"),                  # unknown group option
     ("seed=[1", "no viable alternative"),                                 # an override Hydra cannot parse
+    ("hydra.run.dir=/dev/null/run", "Cannot create the run directory /dev/null/run"),  # unwritable output dir
 ])
 def test_overrides_hydra_cannot_compose_exit_with_status_2(tmp_path, override, needle):
     proc = run_cli(override, cwd=tmp_path)
     assert proc.returncode == 2 and needle in proc.stderr, (proc.returncode, proc.stderr[-1000:])
+    assert "Traceback" not in proc.stderr
     assert not (tmp_path / "logs").exists()

@@ -3,9 +3,11 @@ cause, W&B is always closed; and one entry-point helper that turns a rejected co
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from typing import Any, Callable, TypeVar
 
+from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 from scan_lightning.config import ConfigError, RunStopped
@@ -61,11 +63,27 @@ def run_entry_point(task: Callable[[DictConfig], Any], cfg: DictConfig, prefix: 
 
 
 def cli(hydra_main: Callable[[], Any]) -> None:
-    """Run a ``@hydra.main`` function as a command. Hydra reports an override it cannot compose (unknown option,
-    typo'd key, bad value type) with exit status 1; here that is status 2, like every other rejected input."""
+    """Run a ``@hydra.main`` function as a command. Anything that stops Hydra before the task starts (an override
+    it cannot compose: unknown option, typo'd key, bad value type; a run directory it cannot create) is one message
+    on stderr and exit status 2, like every other rejected input; Hydra's own report would be status 1, with a
+    traceback for the run directory. A task that fails keeps its full traceback, as does everything with
+    ``HYDRA_FULL_ERROR=1``."""
+    asked_for_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"   # Hydra re-raises instead of printing its own report
     try:
         hydra_main()
-    except SystemExit as err:
-        if err.code == 1 and not _task_started:
-            sys.exit(2)
-        raise
+    except Exception as err:
+        if _task_started or asked_for_trace:
+            raise
+        print(hydra_error_message(err), file=sys.stderr)
+        sys.exit(2)
+
+
+def hydra_error_message(err: Exception) -> str:
+    """The one-line reason Hydra stopped before the task: its own message, or which folder could not be made."""
+    if isinstance(err, OSError) and not isinstance(err, HydraException):   # MissingConfigException is one
+        where = f" {err.filename}" if err.filename else ""
+        return (f"Cannot create the run directory{where}: {err.strerror or err}. Choose a writable folder with "
+                "hydra.run.dir=... (hydra.sweep.dir=... with -m) or paths.log_dir=...")
+    cause = f"\n{err.__cause__}" if err.__cause__ is not None and str(err.__cause__) not in str(err) else ""
+    return f"{err}{cause}"
