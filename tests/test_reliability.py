@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from scan_lightning.checkpoints import load_module
-from scan_lightning.config import ConfigError
+from scan_lightning.config import ConfigError, RunStopped
 from scan_lightning.module import TrainingDiverged
 from scan_lightning.train import train
 from tests.test_train import FAST, run_cli
@@ -196,3 +197,47 @@ def test_overrides_hydra_cannot_compose_exit_with_status_2(tmp_path, override, n
     assert proc.returncode == 2 and needle in proc.stderr, (proc.returncode, proc.stderr[-1000:])
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "logs").exists()
+
+
+class SigtermAtStep(pl.Callback):
+    """Sends this process SIGTERM after training step ``step``: a signal that lands mid-epoch, deterministically."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_run_stopped_by_sigterm_mid_epoch_resumes_to_the_same_weights_and_generators(tmp_path):
+    """SIGTERM in the middle of epoch 1 writes interrupted.ckpt; rerunning in the same directory continues that
+    epoch's shuffled order where it stopped and ends with the uninterrupted run's weights, metrics and generator
+    states (a resumed pass that drew a new order, or one draw more, would not)."""
+    from tests.conftest import compose_cfg
+
+    args = [*FAST, "trainer.max_epochs=2", "~callbacks.threshold_search", "timing.enabled=false", "logger=csv"]
+    whole = compose_cfg(args, tmp_path / "whole")
+    train(whole)
+    stopped = compose_cfg([*args, "+callbacks.sigterm._target_=tests.test_reliability.SigtermAtStep",
+                           "+callbacks.sigterm.step=13"], tmp_path / "stopped")   # 8 batches per epoch
+    with pytest.raises(RunStopped, match="SIGTERM at step 13"):
+        train(stopped)
+    out = Path(stopped.paths.output_dir)
+    saved = torch.load(out / "checkpoints" / "interrupted.ckpt", map_location="cpu", weights_only=True)
+    assert saved["epoch"] == 1 and saved["SyntheticDataModule"]["train_order"]["samples_done"] == 5 * 32
+    train(compose_cfg(args, tmp_path / "stopped"))    # resumes from interrupted.ckpt
+
+    def final(cfg) -> tuple[dict, dict]:
+        root = Path(cfg.paths.output_dir)
+        state = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        return json.loads((root / "summary.json").read_text())["metrics"], state
+
+    (m_whole, c_whole), (m_resumed, c_resumed) = final(whole), final(stopped)
+    assert c_resumed["global_step"] == c_whole["global_step"] == 16
+    w_whole, w_resumed = c_whole["state_dict"], c_resumed["state_dict"]
+    assert max((w_whole[k].double() - w_resumed[k].double()).abs().max().item() for k in w_whole) <= 1e-6
+    rng = next(k for k in c_whole["callbacks"] if k.startswith("RngState"))
+    assert torch.equal(c_whole["callbacks"][rng]["torch"], c_resumed["callbacks"][rng]["torch"])
+    for key in ("val/acc/ensemble", "test/acc/exit1", "test/loss/total"):
+        assert m_resumed[key] == pytest.approx(m_whole[key], abs=1e-6), key

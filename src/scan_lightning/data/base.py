@@ -16,6 +16,8 @@ import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from scan_lightning.data.order import ResumableRandomSampler, train_order_state
+
 Transform = Callable
 
 
@@ -52,6 +54,8 @@ class SplitDataModule(pl.LightningDataModule):
         self.val_size, self.seed, self.max_train_samples = val_size, seed, max_train_samples
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
+        self._train_sampler: ResumableRandomSampler | None = None
+        self._resume_order: dict = {}
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -102,7 +106,19 @@ class SplitDataModule(pl.LightningDataModule):
                                             shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, True, self.batch_size)
+        self._train_sampler = ResumableRandomSampler(self.train_set)
+        if self._resume_order:
+            self._train_sampler.resume(self._resume_order)
+            self._resume_order = {}
+        return self._loader(self.train_set, False, self.batch_size, self._train_sampler)
+
+    def state_dict(self) -> dict:
+        """Saved with every checkpoint: where a checkpoint written mid-epoch is in the shuffled order."""
+        trainer = getattr(self, "trainer", None)
+        return {"train_order": train_order_state(trainer, self._train_sampler, self.batch_size) if trainer else {}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume_order = dict(state_dict.get("train_order") or {})
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, False, self.eval_batch_size, self._eval_sampler(self.val_set))
