@@ -83,15 +83,26 @@ def trainer_config(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+def fill_from_data(cfg: DictConfig, datamodule: pl.LightningDataModule) -> None:
+    """Write what only the data can tell (``config_from_data``: an image folder's class count and names, its
+    mean/std) into ``cfg.data``, in place: the model is then built for it (``${data.num_classes}``), and the saved
+    config and the checkpoints' run config record it."""
+    values = datamodule.config_from_data() if hasattr(datamodule, "config_from_data") else {}
+    with open_dict(cfg):
+        for key, value in values.items():
+            cfg.data[key] = value
+
+
 def prepare(cfg: DictConfig, teacher_model: dict | None = None, check_data: bool = True
             ) -> tuple[MultiExitModule, pl.LightningDataModule, pl.Trainer]:
     """Build everything that can reject the config, then (``check_data``) check the data is there - all before
-    training starts."""
+    training starts. ``cfg.data`` gets what the data tells (:func:`fill_from_data`)."""
     try:
         if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
             raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist (the checkpoint to resume from)")
-        module = build_module(cfg, teacher_model)
         datamodule = build(cfg.data)
+        fill_from_data(cfg, datamodule)
+        module = build_module(cfg, teacher_model)
         if module.net.num_classes != datamodule.num_classes:
             raise ValueError(f"model.num_classes={module.net.num_classes} but the data has {datamodule.num_classes} "
                              f"classes (data.num_classes); leave model.num_classes at ${{data.num_classes}}")
