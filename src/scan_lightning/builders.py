@@ -16,9 +16,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.callbacks import LearningRateMonitor
 
-from scan_lightning.checkpoints import network_state, read_checkpoint
+from scan_lightning.checkpoints import architecture_only, network_state, read_checkpoint
 from scan_lightning.config import ConfigError, build, to_plain
-from scan_lightning.finetune import check_new_tensors_train, load_matching
+from scan_lightning.finetune import check_new_tensors_train, initial_weights, load_matching
 from scan_lightning.inference.cost import measure_costs
 from scan_lightning.logs import get_logger
 from scan_lightning.module import MultiExitModule
@@ -51,7 +51,7 @@ def build_module(cfg: DictConfig, teacher_model: dict | None = None) -> MultiExi
     """
     teacher_ckpt = read_checkpoint(cfg.teacher) if cfg.get("teacher") and teacher_model is None else None
     if teacher_ckpt is not None:
-        teacher_model = teacher_ckpt["hyper_parameters"]["model"]
+        teacher_model = architecture_only(teacher_ckpt["hyper_parameters"]["model"])
     trainable = cfg.get("trainable")
     trainable = [trainable] if isinstance(trainable, str) else trainable
     module = MultiExitModule(model=to_plain(cfg.model), loss=to_plain(cfg.loss), optim=to_plain(cfg.optim),
@@ -60,8 +60,8 @@ def build_module(cfg: DictConfig, teacher_model: dict | None = None) -> MultiExi
                              channels_last=bool(cfg.get("channels_last", False)))
     if teacher_ckpt is not None:
         module.teacher.load_state_dict(network_state(teacher_ckpt))
-    if cfg.get("init_from"):
-        new = load_matching(module.net, network_state(read_checkpoint(cfg.init_from)))
+    if cfg.get("init_from"):   # a checkpoint, or a state_dict of the network or of its torchvision backbone
+        new = load_matching(module.net, initial_weights(module.net, to_plain(cfg.model), cfg.init_from))
         check_new_tensors_train(module.net, new)
         if new:
             log.info(f"init_from: {len(new)} tensors are not in {cfg.init_from} and start fresh: {', '.join(new[:6])}"
