@@ -54,15 +54,15 @@ def network_state(checkpoint: dict) -> dict[str, torch.Tensor]:
     return {k[4:]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
 
 
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors to start from (``init_from``): a module checkpoint's network (``net.*``, prefix removed), or a plain
-    ``state_dict`` file as saved (``torch.save(model.state_dict())``)."""
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """Tensors to start from (``init_from``) and whether they come from a module checkpoint: its network's (``net.*``,
+    prefix removed), or a plain ``state_dict`` file as saved (``torch.save(model.state_dict())``)."""
     content = load_plain(path)
     if is_module_checkpoint(content):
-        return network_state(content)
+        return network_state(content), True
     if isinstance(content, dict) and content and all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                      for k, v in content.items()):
-        return content
+        return content, False
     raise ValueError(f"checkpoint {str(path)!r} is not a scan_lightning checkpoint nor a state_dict (a dict of "
                      f"tensors, torch.save(model.state_dict())); use one written by python -m scan_lightning.train")
 

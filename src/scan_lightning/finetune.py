@@ -55,10 +55,10 @@ def initial_weights(net: nn.Module, model: dict, path: str) -> dict[str, torch.T
     multi-exit network, or one of its plain torchvision backbone (``model``: the network's config)."""
     from scan_lightning.checkpoints import read_weights
 
-    state = read_weights(path)
+    state, checkpoint = read_weights(path)
     own = net.state_dict()
     try:
-        if not any(k in own for k in state):
+        if not checkpoint and not any(k in own for k in state):
             state = backbone_state(state, model)
         if not any(k in own and own[k].shape == v.shape for k, v in state.items()):
             raise ValueError("none of its tensors fits this network (names and shapes differ)")
