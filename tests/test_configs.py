@@ -8,6 +8,7 @@ from hydra.errors import MissingConfigException
 from scan_lightning.config import build
 from scan_lightning.builders import build_group, build_module
 from tests.conftest import CONF
+from tests.image_folders import write_class_folders
 
 
 def options(group: str) -> list[str]:
@@ -20,8 +21,9 @@ def test_every_group_has_options():
 
 
 @pytest.mark.parametrize("name", options("data"))
-def test_data_configs_instantiate(make_cfg, name):
-    dm = build(make_cfg(f"data={name}").data)
+def test_data_configs_instantiate(make_cfg, tmp_path, name):
+    folder = [f"data.root={write_class_folders(tmp_path / 'images', per_class=2)}"] if name == "folder" else []
+    dm = build(make_cfg(f"data={name}", *folder).data)
     assert dm.num_classes >= 2 and dm.val_size >= 1
 
 

@@ -16,9 +16,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.callbacks import LearningRateMonitor
 
-from scan_lightning.checkpoints import network_state, read_checkpoint
+from scan_lightning.checkpoints import architecture_only, network_state, read_checkpoint
 from scan_lightning.config import ConfigError, build, to_plain
-from scan_lightning.finetune import check_new_tensors_train, load_matching
+from scan_lightning.finetune import check_new_tensors_train, initial_weights, load_matching
 from scan_lightning.inference.cost import measure_costs
 from scan_lightning.logs import get_logger
 from scan_lightning.module import MultiExitModule
@@ -51,7 +51,7 @@ def build_module(cfg: DictConfig, teacher_model: dict | None = None) -> MultiExi
     """
     teacher_ckpt = read_checkpoint(cfg.teacher) if cfg.get("teacher") and teacher_model is None else None
     if teacher_ckpt is not None:
-        teacher_model = teacher_ckpt["hyper_parameters"]["model"]
+        teacher_model = architecture_only(teacher_ckpt["hyper_parameters"]["model"])
     trainable = cfg.get("trainable")
     trainable = [trainable] if isinstance(trainable, str) else trainable
     module = MultiExitModule(model=to_plain(cfg.model), loss=to_plain(cfg.loss), optim=to_plain(cfg.optim),
@@ -60,8 +60,8 @@ def build_module(cfg: DictConfig, teacher_model: dict | None = None) -> MultiExi
                              channels_last=bool(cfg.get("channels_last", False)))
     if teacher_ckpt is not None:
         module.teacher.load_state_dict(network_state(teacher_ckpt))
-    if cfg.get("init_from"):
-        new = load_matching(module.net, network_state(read_checkpoint(cfg.init_from)))
+    if cfg.get("init_from"):   # a checkpoint, or a state_dict of the network or of its torchvision backbone
+        new = load_matching(module.net, initial_weights(module.net, to_plain(cfg.model), cfg.init_from))
         check_new_tensors_train(module.net, new)
         if new:
             log.info(f"init_from: {len(new)} tensors are not in {cfg.init_from} and start fresh: {', '.join(new[:6])}"
@@ -83,15 +83,26 @@ def trainer_config(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+def fill_from_data(cfg: DictConfig, datamodule: pl.LightningDataModule) -> None:
+    """Write what only the data can tell (``config_from_data``: an image folder's class count and names, its
+    mean/std) into ``cfg.data``, in place: the model is then built for it (``${data.num_classes}``), and the saved
+    config and the checkpoints' run config record it."""
+    values = datamodule.config_from_data() if hasattr(datamodule, "config_from_data") else {}
+    with open_dict(cfg):
+        for key, value in values.items():
+            cfg.data[key] = value
+
+
 def prepare(cfg: DictConfig, teacher_model: dict | None = None, check_data: bool = True
             ) -> tuple[MultiExitModule, pl.LightningDataModule, pl.Trainer]:
     """Build everything that can reject the config, then (``check_data``) check the data is there - all before
-    training starts."""
+    training starts. ``cfg.data`` gets what the data tells (:func:`fill_from_data`)."""
     try:
         if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
             raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist (the checkpoint to resume from)")
-        module = build_module(cfg, teacher_model)
         datamodule = build(cfg.data)
+        fill_from_data(cfg, datamodule)
+        module = build_module(cfg, teacher_model)
         if module.net.num_classes != datamodule.num_classes:
             raise ValueError(f"model.num_classes={module.net.num_classes} but the data has {datamodule.num_classes} "
                              f"classes (data.num_classes); leave model.num_classes at ${{data.num_classes}}")

@@ -1,4 +1,5 @@
-"""Reading Lightning checkpoints of :class:`~scan_lightning.module.MultiExitModule` as plain data."""
+"""Reading Lightning checkpoints of :class:`~scan_lightning.module.MultiExitModule` and plain ``state_dict`` files as
+plain data."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,17 +7,26 @@ from pathlib import Path
 import torch
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """A module checkpoint, loaded as plain data (``weights_only=True``) on the CPU."""
+def load_plain(path: str | Path) -> object:
+    """A file written by ``torch.save``, loaded as plain data (``weights_only=True``) on the CPU."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:   # truncated, corrupt, or pickled objects beyond plain data
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"checkpoint {str(path)!r} cannot be read as plain data: it is truncated, corrupt or not a "
                          f"scan_lightning checkpoint ({reason[:160]})") from None
+
+
+def is_module_checkpoint(checkpoint: object) -> bool:
+    return isinstance(checkpoint, dict) and "state_dict" in checkpoint and "hyper_parameters" in checkpoint
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A module checkpoint, loaded as plain data (``weights_only=True``) on the CPU."""
+    checkpoint = load_plain(path)
     missing = [k for k in ("state_dict", "hyper_parameters") if not isinstance(checkpoint, dict) or k not in checkpoint]
     if missing:
         raise ValueError(f"checkpoint {str(path)!r} is not a scan_lightning checkpoint (it has no {missing[0]!r}); "
@@ -30,7 +40,11 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu"):
     from scan_lightning.module import MultiExitModule
 
     checkpoint = read_checkpoint(path)
-    module = MultiExitModule(**checkpoint["hyper_parameters"])
+    hparams = dict(checkpoint["hyper_parameters"])
+    hparams["model"] = architecture_only(hparams["model"])
+    if hparams.get("teacher_model"):
+        hparams["teacher_model"] = architecture_only(hparams["teacher_model"])
+    module = MultiExitModule(**hparams)
     module.load_state_dict(checkpoint["state_dict"])
     return module.to(map_location).eval()
 
@@ -38,3 +52,25 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu"):
 def network_state(checkpoint: dict) -> dict[str, torch.Tensor]:
     """The multi-exit network's weights (``net.*``) from a module checkpoint, prefix removed."""
     return {k[4:]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """Tensors to start from (``init_from``) and whether they come from a module checkpoint: its network's (``net.*``,
+    prefix removed), or a plain ``state_dict`` file as saved (``torch.save(model.state_dict())``)."""
+    content = load_plain(path)
+    if is_module_checkpoint(content):
+        return network_state(content), True
+    if isinstance(content, dict) and content and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                     for k, v in content.items()):
+        return content, False
+    raise ValueError(f"checkpoint {str(path)!r} is not a scan_lightning checkpoint nor a state_dict (a dict of "
+                     f"tensors, torch.save(model.state_dict())); use one written by python -m scan_lightning.train")
+
+
+def architecture_only(model: dict) -> dict:
+    """A model config without pretrained weights (``backbone.weights``): a checkpoint's own weights replace them, so
+    loading it does not need the pretrained file."""
+    backbone = model.get("backbone")
+    if not isinstance(backbone, dict) or backbone.get("weights") is None:
+        return model
+    return {**model, "backbone": {**backbone, "weights": None}}

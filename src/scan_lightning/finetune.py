@@ -36,6 +36,38 @@ def load_matching(net: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
     return sorted(set(own) - set(matched))
 
 
+def backbone_state(state: dict[str, torch.Tensor], model: dict) -> dict[str, torch.Tensor]:
+    """A plain backbone's ``state_dict`` (e.g. ``torch.save(torchvision_model.state_dict())``) under the multi-exit
+    network's names (``backbone.sections.*``): only the ``torchvision_cut`` backbone knows where each tensor goes."""
+    from scan_lightning.models.torchvision_cut import cut_state_dict
+
+    backbone = model.get("backbone") or {}
+    if backbone.get("name") != "torchvision_cut":
+        raise ValueError(f"its tensor names ({', '.join(list(state)[:3])} ...) are not this network's, and a plain "
+                         f"backbone's state_dict fits model=torchvision backbones only (model.backbone.name="
+                         f"{backbone.get('name')!r})")
+    options = {k: backbone[k] for k in ("model", "cut_points", "source", "image_size", "in_channels") if k in backbone}
+    return {f"backbone.{k}": v for k, v in cut_state_dict(state, exit_after=model.get("exit_after"), **options).items()}
+
+
+def initial_weights(net: nn.Module, model: dict, path: str) -> dict[str, torch.Tensor]:
+    """The tensors ``init_from`` gives ``net``: a scan_lightning checkpoint's network, a ``state_dict`` of the
+    multi-exit network, or one of its plain torchvision backbone (``model``: the network's config)."""
+    from scan_lightning.checkpoints import read_weights
+
+    state, checkpoint = read_weights(path)
+    own = net.state_dict()
+    try:
+        if not checkpoint and not any(k in own for k in state):
+            state = backbone_state(state, model)
+        if not any(k in own and own[k].shape == v.shape for k, v in state.items()):
+            raise ValueError("none of its tensors fits this network (names and shapes differ)")
+    except ValueError as err:
+        raise ValueError(f"init_from={path!r} is not a scan_lightning checkpoint of this network, nor a state_dict "
+                         f"of it or of its backbone: {err}") from None
+    return state
+
+
 def check_new_tensors_train(net: nn.Module, new: Sequence[str]) -> None:
     """Tensors not loaded from the earlier run must be trained (a buffer: its module must train), else they
     would stay at their random initial values."""

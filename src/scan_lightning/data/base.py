@@ -70,6 +70,11 @@ class SplitDataModule(pl.LightningDataModule):
     def eval_transform(self) -> Transform:
         raise NotImplementedError
 
+    def config_from_data(self) -> dict:
+        """Config values only the data can tell (an image folder's class count and names, its mean and std), for
+        ``cfg.data`` before the model is built; none here."""
+        return {}
+
     # --- split and loaders ---------------------------------------------------------------------
     def split_indices(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Seeded (train, val) index split of ``n`` training samples."""
