@@ -15,8 +15,10 @@ from torch.utils.data import Subset
 from scan_lightning import Predictor
 from scan_lightning.config import ConfigError, build
 from scan_lightning.data import FolderDataModule
+from scan_lightning.export import export
 from scan_lightning.task import run_entry_point
 from scan_lightning.train import train
+from tests.test_export import compose_export
 from tests.image_folders import CLASSES, write_class_folders, write_split_folders
 
 COMMON = dict(image_size=8, batch_size=4, num_workers=0, seed=0)
@@ -189,3 +191,14 @@ def test_one_epoch_on_a_folder_saves_class_names_for_the_predictor(make_cfg, tmp
     out = predictor.predict(x)
     assert len(out.names) == 4 and set(out.names) <= set(CLASSES)
     assert out.names == [CLASSES[i] for i in out.labels.tolist()]
+    # an exported artefact carries them too
+    exported = export(compose_export(f"ckpt_path={ckpt}", "format=torchscript", f"output={tmp_path / 'net.pt'}"))
+    assert Predictor.from_export(exported["output"]).class_names == list(CLASSES)
+
+
+def test_describe_asks_the_folder_for_its_class_count(make_cfg, tmp_path):
+    from scan_lightning.describe import describe
+
+    root = write_class_folders(tmp_path / "imgs", per_class=4)
+    costs = describe(make_cfg(*TINY, f"data.root={root}"))
+    assert len(costs.exits) == 4

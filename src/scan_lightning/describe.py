@@ -8,6 +8,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from scan_lightning.builders import fill_from_data
 from scan_lightning.config import build, config_dir
 from scan_lightning.inference.cost import CostTable, count_params, measure_costs
 from scan_lightning.logs import get_logger
@@ -17,7 +18,10 @@ log = get_logger(__name__)
 
 
 def describe(cfg: DictConfig) -> CostTable:
-    """Build ``cfg.model`` for ``cfg.data``'s input shape; log cumulative MACs and params per exit."""
+    """Build ``cfg.model`` for ``cfg.data``'s input shape; log cumulative MACs and params per exit. A data config
+    that leaves the class count to the data (``data=folder``) is asked for it first."""
+    if cfg.data.get("num_classes") is None:
+        fill_from_data(cfg, build(cfg.data))
     net = build(cfg.model)
     elementwise = bool(cfg.get("count_elementwise"))
     costs = measure_costs(net, (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size), elementwise)

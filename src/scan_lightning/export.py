@@ -117,9 +117,11 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     fmt = cfg.format
     output = Path(cfg.output) if cfg.get("output") else _default_output(ckpt, fmt)
     if fmt == "torchscript":
-        export_torchscript(exported, policy, costs, output, freeze=bool(cfg.get("freeze", True)))
+        export_torchscript(exported, policy, costs, output, freeze=bool(cfg.get("freeze", True)),
+                           class_names=data.get("class_names"))
     else:
-        export_onnx(exported, policy, costs, output, exporter=cfg.get("onnx_exporter", "dynamo"))
+        export_onnx(exported, policy, costs, output, exporter=cfg.get("onnx_exporter", "dynamo"),
+                    class_names=data.get("class_names"))
     result: dict[str, Any] = {"format": fmt, "form": form, "output": str(output), "checkpoint": str(ckpt),
                               "num_exits": net.num_exits, "input_shape": list(shape), "policy": policy.to_dict()}
     log.info(f"wrote {output} ({fmt}, {form}; {net.num_exits} exits, input {'x'.join(map(str, shape))}, "

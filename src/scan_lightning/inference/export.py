@@ -49,8 +49,10 @@ def exit_macs_list(costs: CostTable) -> list[float]:
     return [*cum, cum[-1]]
 
 
-def export_metadata(net: Network, policy: ExitPolicy, costs: CostTable) -> dict[str, Any]:
-    """What an exported artefact carries besides its graphs: policy, cost table, input shape, classes."""
+def export_metadata(net: Network, policy: ExitPolicy, costs: CostTable,
+                    class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """What an exported artefact carries besides its graphs: policy, cost table, input shape, classes (and their
+    names when the training data had them)."""
     policy = policy.for_exits(net.num_exits)
     if len(costs.exits) != net.num_exits:
         raise ValueError(f"the cost table has {len(costs.exits)} exits but the network has {net.num_exits}")
@@ -63,6 +65,7 @@ def export_metadata(net: Network, policy: ExitPolicy, costs: CostTable) -> dict[
         "policy": policy.to_dict(),
         "costs": costs.to_dict(),
         "exit_macs": exit_macs_list(costs),
+        **({"class_names": [str(c) for c in class_names]} if class_names else {}),
     }
 
 
@@ -232,7 +235,8 @@ def _trace(module: nn.Module, args: tuple) -> torch.jit.ScriptModule:
 
 
 def build_torchscript(net: Network, policy: ExitPolicy, costs: CostTable, freeze: bool = True,
-                      optimize: bool = False) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+                      optimize: bool = False, class_names: Sequence[str] | None = None,
+                      ) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     """The scripted early-exit module and its metadata (see :func:`export_torchscript`).
 
     ``optimize``: also ``torch.jit.optimize_for_inference`` (MKLDNN layouts on CPU), kept only if it answers an
@@ -240,7 +244,7 @@ def build_torchscript(net: Network, policy: ExitPolicy, costs: CostTable, freeze
     MKLDNN constants do not serialise), so :func:`export_torchscript` never applies it; apply it after
     ``torch.jit.load`` if it helps on your machine.
     """
-    meta = export_metadata(net, policy, costs)
+    meta = export_metadata(net, policy, costs, class_names)
     was_training = net.training
     net.eval()
     try:
@@ -290,7 +294,7 @@ def _optimise(frozen: torch.jit.ScriptModule, example: Tensor) -> torch.jit.Scri
 
 
 def export_torchscript(net: Network, policy: ExitPolicy, costs: CostTable, path: str | Path,
-                       freeze: bool = True) -> Path:
+                       freeze: bool = True, class_names: Sequence[str] | None = None) -> Path:
     """Write one TorchScript file that exits early; ``torch.jit.load(path)`` runs it without this package.
 
     ``model(x)`` -> ``(prediction, exit_index, macs, confidence)``. The policy, cost table, input shape
@@ -299,7 +303,7 @@ def export_torchscript(net: Network, policy: ExitPolicy, costs: CostTable, path:
     ``_extra_files``. ``freeze``: ``torch.jit.freeze`` the whole walk (weights become constants, Conv+BN
     folded, the loop over sections unrolled). The module runs on the device ``net`` is on.
     """
-    scripted, meta = build_torchscript(net, policy, costs, freeze=freeze)
+    scripted, meta = build_torchscript(net, policy, costs, freeze=freeze, class_names=class_names)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
@@ -352,7 +356,7 @@ def _onnx_export(module: nn.Module, args: tuple, path: Path, input_names: list[s
 
 
 def export_onnx(net: Network, policy: ExitPolicy, costs: CostTable, directory: str | Path,
-                exporter: str = "dynamo") -> Path:
+                exporter: str = "dynamo", class_names: Sequence[str] | None = None) -> Path:
     """Write ``section{i}.onnx`` and ``exit{i}.onnx`` (batch axis dynamic) and ``manifest.json`` into ``directory``.
 
     Section 0 reads ``x``; section i > 0 reads ``in0..`` (what section i - 1 returned as ``out0..``, in
@@ -366,7 +370,7 @@ def export_onnx(net: Network, policy: ExitPolicy, costs: CostTable, directory: s
     """
     if exporter not in ONNX_EXPORTERS:
         raise ValueError(f"exporter={exporter!r} is not allowed; choose one of {ONNX_EXPORTERS}")
-    meta = export_metadata(net, policy, costs)
+    meta = export_metadata(net, policy, costs, class_names)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     was_training = net.training
