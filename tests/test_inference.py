@@ -266,3 +266,27 @@ def test_auto_fallback_follows_the_validation_split():
     assert resolve_fallback(deep_better, "ensemble") == "ensemble"
     with pytest.raises(ValueError, match="fallback='best'"):
         resolve_fallback(deep_better, "best")
+
+
+def test_ga_baseline_read_from_a_baseline_run_is_its_selected_validation_accuracy(tmp_path):
+    """SCAN's GA baseline is the plain network's accuracy: search.ga.baseline=<baseline run dir> reads the score its
+    selected checkpoint was chosen by (validation), and the GA then equals one given that number."""
+    import json
+
+    run = tmp_path / "baseline_run"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "epoch007.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "callbacks": {
+        "ModelCheckpoint{'monitor': None}": {"monitor": None, "best_model_score": None},
+        "ModelCheckpoint{'monitor': 'val/acc/ensemble'}": {"monitor": "val/acc/ensemble",
+                                                             "best_model_score": torch.tensor(0.8125)}}}, ckpt)
+    (run / "summary.json").write_text(json.dumps({"status": "finished", "checkpoint": str(ckpt),
+                                                  "metrics": {"test/acc/exit1": 0.5}}))
+    cache = constructed_case()
+    em = torch.tensor([1.0, 2.0, 3.0, 3.0], dtype=torch.float64)
+    kwargs = {"reference_cost": 3.0, "beta": 100.0, "population": 20, "generations": 5, "seed": 1}
+    from_run = genetic_search(cache, em, baseline=str(run), **kwargs)
+    given = genetic_search(cache, em, baseline=0.8125, **kwargs)
+    assert from_run.fitness == pytest.approx(given.fitness) and from_run.thresholds == given.thresholds
+    with pytest.raises(FileNotFoundError, match="no finished run there"):
+        genetic_search(cache, em, baseline=str(tmp_path / "nowhere"), **kwargs)

@@ -74,3 +74,24 @@ def architecture_only(model: dict) -> dict:
     if not isinstance(backbone, dict) or backbone.get("weights") is None:
         return model
     return {**model, "backbone": {**backbone, "weights": None}}
+
+
+def selected_val_accuracy(run_dir: str | Path) -> float:
+    """A finished run's model-selection score: the validation accuracy its selected checkpoint was chosen by
+    (``ModelCheckpoint``'s monitored ``val/acc/...``). SCAN's GA baseline is the plain baseline network's accuracy;
+    this reads it from the baseline run (``search.ga.baseline=<run dir>``), never from its test set."""
+    import json
+
+    summary = Path(run_dir) / "summary.json"
+    if not summary.is_file():
+        raise FileNotFoundError(f"search.ga.baseline={run_dir}: no finished run there ({summary} is missing); "
+                                "give a baseline run directory, 'deepest', 'ensemble' or an accuracy in [0, 1]")
+    selected = json.loads(summary.read_text()).get("checkpoint")
+    if not selected:
+        raise ValueError(f"search.ga.baseline={run_dir}: the run selected no checkpoint (e.g. a fast_dev_run)")
+    for key, state in read_checkpoint(selected).get("callbacks", {}).items():
+        monitor = state.get("monitor") if isinstance(state, dict) else None
+        if key.startswith("ModelCheckpoint") and monitor and monitor.startswith("val/acc/"):
+            if state.get("best_model_score") is not None:
+                return float(state["best_model_score"])
+    raise ValueError(f"search.ga.baseline={run_dir}: its checkpoint {selected} records no val/acc/* selection score")

@@ -42,12 +42,29 @@ def population_scores(confidence: torch.Tensor, outcome: torch.Tensor, threshold
     return acc, cost
 
 
+def ga_baseline(baseline: str | float) -> str | float:
+    """``search.ga.baseline`` as the GA takes it: ``deepest``, ``ensemble``, a number, or a baseline run directory
+    (SCAN's rule: the plain network's accuracy), read as that run's selected validation accuracy."""
+    if not isinstance(baseline, str) or baseline in BASELINES:
+        return baseline
+    try:
+        return float(baseline)
+    except ValueError:
+        pass
+    if "/" not in baseline and not baseline.startswith("."):
+        raise ValueError(f"search.ga.baseline={baseline!r} is not allowed; choose one of {BASELINES}, an accuracy "
+                         "in [0, 1] or a baseline run directory")
+    from scan_lightning.checkpoints import selected_val_accuracy
+
+    return selected_val_accuracy(baseline)
+
+
 def check_ga_settings(beta: float = 200.0, baseline: str | float = "deepest", bits: int = 30,
                       population: int = 100, generations: int = 100, crossover_rate: float = 0.9,
                       mutation_rate: float = 0.01, elite: int = 2, seed: int = 0) -> None:
     """One clear error for a GA setting out of range (called before training, and by the search)."""
     if isinstance(baseline, str) and baseline not in BASELINES:
-        raise ValueError(f"search.ga.baseline={baseline!r} is not allowed; choose one of {BASELINES} or a number")
+        baseline = ga_baseline(baseline)
     if not isinstance(baseline, str) and not 0.0 <= float(baseline) <= 1.0:
         raise ValueError(f"search.ga.baseline={baseline} must be an accuracy in [0, 1]")
     for name, value, ok in (("bits", bits, bits >= 1), ("population", population, population >= 2),
@@ -86,6 +103,7 @@ def genetic_search(
     ``fallback``: what answers samples no exit claims (``"ensemble"``, the paper, or ``"deepest"``).
     """
     check_ga_settings(beta, baseline, bits, population, generations, crossover_rate, mutation_rate, elite, seed)
+    baseline = ga_baseline(baseline)
     if isinstance(baseline, str):
         base = cache.accuracy()[-2 if baseline == "deepest" else -1].item()
     else:
