@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
+from typing import Mapping
 
 import hydra
 import pytorch_lightning as pl
@@ -32,7 +33,7 @@ from scan_lightning.report import render_dynamic_summary
 from scan_lightning.task import cli as run_cli
 from scan_lightning.task import run_entry_point, task_wrapper
 
-__all__ = ["ConfigError", "main", "train"]
+__all__ = ["ConfigError", "main", "swept_metric", "train", "train_for_sweep"]
 log = get_logger(__name__)
 
 
@@ -109,11 +110,40 @@ def interrupted(trainer: pl.Trainer, out_dir: Path) -> RunInterrupted:
     return err
 
 
+def check_optimized_metric(name: object) -> None:
+    """Before training: ``optimized_metric`` is ``None`` or a metric name that does not select on the test set."""
+    if name is None:
+        return
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"optimized_metric={name!r} must be a metric name such as 'val/acc/ensemble'")
+    if name.startswith("test/"):
+        raise ConfigError(f"optimized_metric={name!r} would choose hyperparameters on the test set; optimise a "
+                          f"validation metric such as 'val/acc/ensemble' or 'val/dynamic/accuracy'")
+
+
+def swept_metric(metrics: Mapping[str, float], name: str | None) -> float | None:
+    """The value of ``optimized_metric`` among a run's final metrics, as a float (what a sweeper such as Optuna
+    optimises); ``None`` when no metric is named. A name the run did not produce is one clear error listing
+    the names it did."""
+    check_optimized_metric(name)
+    if name is None:
+        return None
+    if name not in metrics:
+        raise ConfigError(f"optimized_metric={name!r} is not among this run's metrics; choose one of "
+                          f"{sorted(metrics)}")
+    return float(metrics[name])
+
+
+def train_for_sweep(cfg: DictConfig) -> float | None:
+    """:func:`train`, then the value of ``cfg.optimized_metric`` (the Hydra main's return value)."""
+    check_optimized_metric(cfg.get("optimized_metric"))
+    return swept_metric(train(cfg), cfg.get("optimized_metric"))
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = run_entry_point(train, cfg)
-    name = cfg.get("optimized_metric")
-    return metrics.get(name) if name else None
+    """Train; return ``optimized_metric``'s value for sweepers (``hparams_search=...``)."""
+    return run_entry_point(train_for_sweep, cfg)
 
 
 def cli() -> None:
