@@ -241,3 +241,14 @@ def test_run_stopped_by_sigterm_mid_epoch_resumes_to_the_same_weights_and_genera
     assert torch.equal(c_whole["callbacks"][rng]["torch"], c_resumed["callbacks"][rng]["torch"])
     for key in ("val/acc/ensemble", "test/acc/exit1", "test/loss/total"):
         assert m_resumed[key] == pytest.approx(m_whole[key], abs=1e-6), key
+
+
+def test_a_finished_run_is_reused_only_by_the_same_config(make_cfg):
+    """A sweep started again in its sweep dir skips finished jobs; a job number now holding other overrides is
+    refused by name instead of handing back another run's metrics."""
+    args = (*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "~callbacks.threshold_search",
+            "timing.enabled=false", "test=false")
+    first = train(make_cfg(*args))
+    assert train(make_cfg(*args, "logger=none")) == first          # the same run (loggers do not count): skipped
+    with pytest.raises(ConfigError, match=r"holds a run of another config \(.*\bseed=0 -> 1\)"):
+        train(make_cfg(*args, "seed=1"))

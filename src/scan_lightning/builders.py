@@ -136,6 +136,34 @@ def finished(run_dir: Path) -> bool:
     return path.is_file() and json.loads(path.read_text()).get("status", "finished") == "finished"
 
 
+RUN_NEUTRAL = ("paths", "logger", "ckpt_path", "callbacks", "optimized_metric")   # do not change what a run learns
+
+
+def flat(tree: object, prefix: str = "") -> dict[str, object]:
+    """Dotted key -> leaf value (lists are leaves)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()} if tree else {prefix: {}}
+
+
+def check_same_run(run_dir: Path, cfg: DictConfig) -> None:
+    """Before a run dir's finished run is reused or its checkpoint resumed: the saved config must be this one
+    (a sweep rerun in the same dir with other overrides would otherwise take another run's results). Keys the
+    data filled in (``null`` here) and those in :data:`RUN_NEUTRAL` are not compared."""
+    saved_path = Path(run_dir) / "config_resolved.yaml"
+    if not saved_path.is_file():
+        return
+    saved = flat(OmegaConf.to_container(OmegaConf.load(saved_path), resolve=False))
+    now = flat(OmegaConf.to_container(cfg, resolve=True))
+    changed = sorted(k for k in set(saved) | set(now) if not k.startswith(tuple(f"{n}." for n in RUN_NEUTRAL))
+                     and k.rstrip(".") not in RUN_NEUTRAL and now.get(k) is not None and saved.get(k) != now.get(k))
+    if changed:
+        shown = ", ".join(f"{k.rstrip('.')}={saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:5])
+        raise ConfigError(f"{run_dir} holds a run of another config ({shown}{', ...' if len(changed) > 5 else ''}); "
+                          "choose a new run dir (hydra.run.dir=..., hydra.sweep.dir=... with -m), or resume it "
+                          "explicitly with ckpt_path=...")
+
+
 def resume_checkpoint(run_dir: Path) -> str | None:
     """The checkpoint an unfinished run in ``run_dir`` resumes from: the newer of ``last.ckpt`` (epoch end) and
     ``interrupted.ckpt`` (a signal); ``None`` when it has neither."""

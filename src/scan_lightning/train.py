@@ -16,6 +16,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from scan_lightning.builders import (
     SUMMARY,
+    check_same_run,
     final_checkpoint,
     finished,
     prepare,
@@ -47,6 +48,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("phases"):
         return run_phases(cfg, run=train)
     out_dir = Path(cfg.paths.output_dir)
+    if not cfg.get("ckpt_path") and (finished(out_dir) or resume_checkpoint(out_dir)):
+        check_same_run(out_dir, cfg)
     if finished(out_dir):   # a rerun of a finished job (e.g. a multirun started again in its sweep dir)
         log.info(f"{out_dir} holds a finished run ({SUMMARY}): skipped")
         return json.loads((out_dir / SUMMARY).read_text())["metrics"]
