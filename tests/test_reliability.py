@@ -90,6 +90,8 @@ def test_signal_saves_a_checkpoint_and_a_partial_summary_then_resumes(tmp_path, 
     ("data.val_size=0", "data.val_size=0 must be an integer >= 1"),
     ("data.val_size=100000", "data.val_size=100000 must be smaller than the training set (320 samples)"),
     ("ckpt_path=/nonexistent/last.ckpt", "ckpt_path=/nonexistent/last.ckpt does not exist"),
+    ("callbacks.model_checkpoint.monitor=val/acc/exit9", "monitors 'val/acc/exit9', which this run never logs"),
+    ("optim.optimizer.lr=-0.1", "Invalid learning rate: -0.1 (config key: optim.optimizer"),
 ])
 def test_bad_input_is_one_clear_error_before_work_starts(make_cfg, override, needle):
     cfg = make_cfg(*FAST, override)

@@ -109,6 +109,11 @@ def prepare(cfg: DictConfig, teacher_model: dict | None = None, check_data: bool
         callbacks, loggers = build_group(cfg.get("callbacks")), build_group(cfg.get("logger"))
         if not loggers:  # Lightning refuses an LR monitor without a logger
             callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
+        check_monitors(callbacks, module)
+        try:   # a bad optimiser or scheduler setting fails here, not when fit starts
+            module.configure_optimizers()
+        except ValueError as err:
+            raise ValueError(f"{err} (config key: optim.optimizer / optim.scheduler)") from None
         trainer: pl.Trainer = build(trainer_config(cfg.trainer), callbacks=callbacks, logger=loggers or False)
         if check_data:   # missing or broken data, and splits that do not fit it, are reported before the run starts
             datamodule.prepare_data()
@@ -116,6 +121,16 @@ def prepare(cfg: DictConfig, teacher_model: dict | None = None, check_data: bool
     except (InstantiationException, OmegaConfBaseException, ValueError, TypeError, FileNotFoundError) as err:
         raise ConfigError(describe_error(err)) from err
     return module, datamodule, trainer
+
+
+def check_monitors(callbacks: list, module: MultiExitModule) -> None:
+    """A callback that monitors a metric (checkpoint selection, early stopping) names one this module logs."""
+    logged = module.logged_metrics()
+    for cb in callbacks:
+        monitor = getattr(cb, "monitor", None)
+        if monitor is not None and monitor not in logged:
+            raise ValueError(f"{type(cb).__name__} monitors {monitor!r}, which this run never logs; choose one of "
+                             f"{sorted(n for n in logged if n.startswith('val/'))} (or a train/ metric)")
 
 
 def final_checkpoint(trainer: pl.Trainer, out_dir: Path) -> str:

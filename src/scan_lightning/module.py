@@ -92,6 +92,12 @@ class MultiExitModule(pl.LightningModule):
     def on_train_epoch_start(self) -> None:  # Lightning restores per-module modes itself, without train()
         self._hold_frozen_in_eval()
 
+    def logged_metrics(self) -> set[str]:
+        """Every name this module logs during fit, which a callback may monitor (``val/acc/exit1``, ...)."""
+        per_stage = ["loss/total", *(f"loss/{t}" for t in self.criterion.terms), *(f"acc/{n}" for n in self.metric_names)]
+        return {f"{stage}/{name}" for stage in ("train", "val") for name in per_stage} | {
+            "train/loss/total_step", "train/loss/total_epoch"}
+
     @property
     def metric_names(self) -> list[str]:
         """``exit1..exitK`` then ``ensemble``."""
