@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scan_lightning.losses.gradient import equilibrium_scales, scale_gradient
+from scan_lightning.models.gradient import equilibrium_scales, scale_gradient
 from scan_lightning.models import MultiExitNetwork, build_backbone
 
 
@@ -72,7 +72,7 @@ def test_ge_leaves_the_forward_and_head_gradients_unchanged():
 
 def test_one_for_all_matches_hand_computation():
     from scan_lightning.losses import OneForAll
-    from scan_lightning.models.multi_exit import ExitOutputs
+    from scan_lightning.models.outputs import ExitOutputs
     from tests.test_losses import hand_kl
 
     g = torch.Generator().manual_seed(3)
@@ -91,6 +91,25 @@ def test_one_for_all_matches_hand_computation():
     assert logits[2].grad is None  # the teacher is detached
     with pytest.raises(ValueError, match="alpha=1.5"):
         OneForAll(alpha=1.5)
+
+
+def test_one_for_all_with_a_frozen_teacher_reads_the_teacher_argument():
+    """The frozen network's logits reach the composer as their own argument, beside the student's outputs."""
+    from scan_lightning.losses import LossComposer, OneForAll
+    from scan_lightning.models.outputs import ExitOutputs
+    from tests.test_losses import hand_kl
+
+    g = torch.Generator().manual_seed(4)
+    logits = [torch.randn(4, 6, generator=g) for _ in range(3)]
+    teacher = torch.randn(4, 6, generator=g)
+    y = torch.tensor([0, 1, 2, 3])
+    composer = LossComposer({"ofa": OneForAll(exits=[0], alpha=0.3, temperature=2.0, teacher="frozen")})
+    total, terms = composer(ExitOutputs(logits, [torch.zeros(4, 2)] * 3), y, teacher)
+    expected = (0.3 * torch.nn.functional.cross_entropy(logits[0], y).item()
+                + 0.7 * hand_kl(logits[0], teacher, 2.0) / 4.0)
+    assert total.item() == pytest.approx(expected, rel=1e-5) and terms["ofa"].item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="needs a frozen teacher network"):
+        composer(ExitOutputs(logits, [torch.zeros(4, 2)] * 3), y)
 
 
 @pytest.mark.parametrize("isc", ["identity", "linear"])

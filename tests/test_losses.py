@@ -11,7 +11,7 @@ from omegaconf.errors import InterpolationResolutionError
 
 from scan_lightning.config import build
 from scan_lightning.losses import CrossEntropy, Distillation, FeatureHint, LossComposer
-from scan_lightning.models.multi_exit import ExitOutputs
+from scan_lightning.models.outputs import ExitOutputs
 
 
 def outputs(requires_grad: bool = True) -> ExitOutputs:

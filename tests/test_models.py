@@ -29,7 +29,7 @@ def test_shapes_and_feature_widths(stem, size, reductions):
 
 def test_ensemble_is_the_mean_of_the_exits_logits():
     """SCAN's ensemble (Algorithm 1's fallback), on numbers worked out by hand."""
-    from scan_lightning.models.multi_exit import ExitOutputs
+    from scan_lightning.models.outputs import ExitOutputs
 
     out = ExitOutputs([torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 3.0]]), torch.tensor([[2.0, 0.0]])], [])
     assert out.ensemble.tolist() == [[1.0, 1.0]]

@@ -13,7 +13,8 @@ from scan_lightning.config import RunStopped, build
 from scan_lightning.finetune import freeze_except, frozen_batchnorms
 from scan_lightning.logs import get_logger
 from scan_lightning.losses import LossComposer
-from scan_lightning.models.multi_exit import ExitOutputs, MultiExitNetwork
+from scan_lightning.models.multi_exit import MultiExitNetwork
+from scan_lightning.models.outputs import ExitOutputs
 
 STAGES = ("train", "val", "test")
 
@@ -123,10 +124,11 @@ class MultiExitModule(pl.LightningModule):
         x, y = batch
         x = x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x
         outputs = self._train_forward(x) if stage == "train" else self.net(x)
+        teacher = None
         if self.teacher is not None:
             with torch.no_grad():
-                outputs = outputs._replace(teacher=self.teacher(x).logits[-1])
-        total, terms = self.criterion(outputs, y)
+                teacher = self.teacher(x).logits[-1]
+        total, terms = self.criterion(outputs, y, teacher)
         if stage == "train" and not torch.isfinite(total):
             raise TrainingDiverged(self._divergence_message(total, terms, outputs, y))
         on_step = stage == "train"

@@ -1,15 +1,15 @@
 """Combine named, weighted loss terms; return the total and every term's (unweighted) value."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
+from scan_lightning.models.outputs import ExitOutputs
+
 from scan_lightning.losses.terms import LossTerm
 
-if TYPE_CHECKING:  # models.multi_exit imports losses.gradient: import it for typing only
-    from scan_lightning.models.multi_exit import ExitOutputs
 
 
 class LossComposer(nn.Module):
@@ -32,8 +32,11 @@ class LossComposer(nn.Module):
             except ValueError as err:
                 raise ValueError(f"loss term {name!r}: {err}") from None
 
-    def forward(self, outputs: ExitOutputs, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        values = {name: term(outputs, target) for name, term in self.terms.items()}
+    def forward(self, outputs: ExitOutputs, target: torch.Tensor, teacher: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``teacher``: a frozen network's deepest logits for the batch (IMTA phase II), passed to every term
+        beside the student's outputs, as torchdistill passes student and teacher outputs."""
+        values = {name: term(outputs, target, teacher) for name, term in self.terms.items()}
         total = sum(self.terms[name].weight * v for name, v in values.items())
         return total, values
 

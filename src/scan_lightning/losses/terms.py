@@ -5,14 +5,14 @@ Exit selections: ``"all"``, ``"shallow"`` (every exit but the deepest), ``"deepe
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:  # models.multi_exit imports losses.gradient: import it for typing only
-    from scan_lightning.models.multi_exit import ExitOutputs
+from scan_lightning.models.outputs import ExitOutputs
+
 
 
 ExitSelection = str | Sequence[int]
@@ -58,18 +58,22 @@ class LossTerm(nn.Module):
         """Raise ValueError if this term cannot work on a network with these exits (before training)."""
         select_exits(self.exits, num_exits)
 
-    def forward(self, outputs: ExitOutputs, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, outputs: ExitOutputs, target: torch.Tensor, teacher: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """``teacher``: a frozen network's deepest logits for the same batch, when training has one."""
         idx = select_exits(self.exits, len(outputs.logits))
-        return torch.stack([self.exit_loss(outputs, target, i) for i in idx]).sum()
+        return torch.stack([self.exit_loss(outputs, target, i, teacher) for i in idx]).sum()
 
-    def exit_loss(self, outputs: ExitOutputs, target: torch.Tensor, i: int) -> torch.Tensor:
+    def exit_loss(self, outputs: ExitOutputs, target: torch.Tensor, i: int, teacher: torch.Tensor | None = None
+                  ) -> torch.Tensor:
         raise NotImplementedError
 
 
 class CrossEntropy(LossTerm):
     """Cross-entropy of each selected exit against the labels."""
 
-    def exit_loss(self, outputs: ExitOutputs, target: torch.Tensor, i: int) -> torch.Tensor:
+    def exit_loss(self, outputs: ExitOutputs, target: torch.Tensor, i: int, teacher: torch.Tensor | None = None
+                  ) -> torch.Tensor:
         return F.cross_entropy(outputs.logits[i], target)
 
 
@@ -96,9 +100,9 @@ class Distillation(LossTerm):
         self.temperature = float(temperature)
         self.teacher = teacher
 
-    def forward(self, outputs: ExitOutputs, target: torch.Tensor) -> torch.Tensor:
-        teacher = outputs.logits[-1] if self.teacher == "deepest" else outputs.ensemble
-        teacher = teacher.detach()
+    def forward(self, outputs: ExitOutputs, target: torch.Tensor, teacher: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        teacher = (outputs.logits[-1] if self.teacher == "deepest" else outputs.ensemble).detach()
         idx = select_exits(self.exits, len(outputs.logits))
         return torch.stack([kd_kl(outputs.logits[i], teacher, self.temperature) for i in idx]).sum()
 
@@ -123,7 +127,8 @@ class FeatureHint(LossTerm):
                 raise ValueError(f"the feature hint needs equal feature widths; exit {i} has {feature_widths[i]}, "
                                  f"the deepest {feature_widths[-1]} (use bottleneck heads, or drop the hint term)")
 
-    def exit_loss(self, outputs: ExitOutputs, target: torch.Tensor, i: int) -> torch.Tensor:
+    def exit_loss(self, outputs: ExitOutputs, target: torch.Tensor, i: int, teacher: torch.Tensor | None = None
+                  ) -> torch.Tensor:
         f_i, f_deep = outputs.features[i], outputs.features[-1].detach()
         sq = (f_i - f_deep).pow(2).sum()
         return sq / f_i.shape[0] if self.reduction == "mean" else sq
@@ -149,12 +154,13 @@ class OneForAll(LossTerm):
             raise ValueError(f"teacher={teacher!r} is not allowed; choose one of {OFA_TEACHERS}")
         self.alpha, self.temperature, self.teacher = float(alpha), float(temperature), teacher
 
-    def exit_loss(self, outputs: ExitOutputs, target: torch.Tensor, i: int) -> torch.Tensor:
+    def exit_loss(self, outputs: ExitOutputs, target: torch.Tensor, i: int, teacher: torch.Tensor | None = None
+                  ) -> torch.Tensor:
         t = self.temperature
         if self.teacher == "frozen":
-            if outputs.teacher is None:
+            if teacher is None:
                 raise ValueError("OneForAll(teacher='frozen') needs a frozen teacher network (config key: teacher)")
-            teacher = outputs.teacher.detach()
+            teacher = teacher.detach()
         else:
             teacher = outputs.logits[-1].detach()
         kl = kd_kl(outputs.logits[i], teacher, t) / (t * t)   # the paper's OFA has no T^2 factor

@@ -2,7 +2,8 @@
 from scan_lightning.models import msdnet, resnet, torchvision_cut, vgg, wide_resnet  # noqa: F401  (register builders)
 from scan_lightning.models.backbone import SectionedBackbone, SectionInfo
 from scan_lightning.models.heads import AttentionModule, BottleneckHead, LinearHead, MSDNetHead
-from scan_lightning.models.multi_exit import ExitOutputs, MultiExitNetwork, ensemble_logits
+from scan_lightning.models.multi_exit import MultiExitNetwork
+from scan_lightning.models.outputs import ExitOutputs, ensemble_logits
 from scan_lightning.models.registry import build_backbone, list_backbones, register_backbone
 
 __all__ = [

@@ -6,8 +6,9 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
-from scan_lightning.losses.gradient import equilibrium_scales, scale_gradient
+from scan_lightning.models.gradient import equilibrium_scales, scale_gradient
 from scan_lightning.models.backbone import SectionedBackbone
+from scan_lightning.models.outputs import ExitOutputs, ensemble_logits
 from scan_lightning.models.heads import AttentionModule, BottleneckHead, LinearHead, MSDNetHead
 
 HEAD_KINDS = ("bottleneck", "linear", "msdnet")
@@ -15,24 +16,6 @@ DEEP_HEAD_KINDS = ("linear", "msdnet")
 SectionOutput = torch.Tensor | list[torch.Tensor]
 ISC_TRANSFERS = ("identity", "linear")
 GE_SCALES = ("all", "coarsest")
-
-
-class ExitOutputs(NamedTuple):
-    """Per-exit logits and pooled features, shallowest first; ``teacher``: a frozen network's deepest
-    logits for the same batch, when the training module has one (IMTA phase II)."""
-
-    logits: list[torch.Tensor]
-    features: list[torch.Tensor]
-    teacher: torch.Tensor | None = None
-
-    @property
-    def ensemble(self) -> torch.Tensor:
-        """Mean of all exits' logits (SCAN's fallback prediction)."""
-        return ensemble_logits(self.logits)
-
-
-def ensemble_logits(logits: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.stack(list(logits)).mean(0)
 
 
 def exit_input(h: SectionOutput) -> torch.Tensor:
