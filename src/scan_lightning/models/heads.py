@@ -35,7 +35,25 @@ class AttentionModule(nn.Module):
         return self.attention_map(x) * x
 
 
-class BottleneckHead(nn.Module):
+class ExitHead(nn.Module):
+    """An exit's classifier: ``features(x)`` (pooled, one vector per sample) then the Linear ``fc``; returns both
+    (the loss terms read the features, e.g. SCAN's feature hint)."""
+
+    fc: nn.Linear
+
+    @property
+    def feature_width(self) -> int:
+        return self.fc.in_features
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feature = self.features(x)
+        return self.fc(feature), feature
+
+
+class BottleneckHead(ExitHead):
     """SCAN / self-distillation shallow classifier.
 
     1x1 conv to ``width`` ch, conv with kernel = stride = ``stride`` (brings the map to the deep exit's
@@ -51,34 +69,24 @@ class BottleneckHead(nn.Module):
         self.bottleneck = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(out_features, num_classes)
-        self.feature_width = self.fc.in_features
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.bottleneck(x)).flatten(1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feature = self.features(x)
-        return self.fc(feature), feature
 
-
-class LinearHead(nn.Module):
+class LinearHead(ExitHead):
     """Global average pool + Linear: the deep exit, or a plain shallow exit."""
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_channels, num_classes)
-        self.feature_width = self.fc.in_features
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(x).flatten(1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feature = self.features(x)
-        return self.fc(feature), feature
 
-
-class MSDNetHead(nn.Module):
+class MSDNetHead(ExitHead):
     """MSDNet's classifier: two 3x3 stride-2 conv-BN-ReLU (``width`` channels; ``None`` = keep the input's),
     average pool, Linear. He-initialised like the backbone."""
 
@@ -89,12 +97,7 @@ class MSDNetHead(nn.Module):
                                    *conv_bn_relu(width, width, kernel=3, stride=2, padding=1))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(width, num_classes)
-        self.feature_width = self.fc.in_features
         he_init(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.convs(x)).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feature = self.features(x)
-        return self.fc(feature), feature

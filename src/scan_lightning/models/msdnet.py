@@ -19,11 +19,10 @@ import torch
 from torch import nn
 
 from scan_lightning.models.backbone import SectionedBackbone, SectionInfo
-from scan_lightning.models.layers import conv_bn_relu, he_init
+from scan_lightning.models.layers import conv_bn_relu, he_init, make_stem
 from scan_lightning.models.registry import register_backbone
 
 STEP_MODES = ("even", "lin_grow")
-STEMS = ("cifar", "imagenet")
 
 
 class DenseConv(nn.Module):
@@ -44,12 +43,7 @@ class FirstLayer(nn.Module):
 
     def __init__(self, in_channels: int, widths: Sequence[int], stem: str) -> None:
         super().__init__()
-        if stem == "cifar":
-            first = nn.Sequential(*conv_bn_relu(in_channels, widths[0], 3))
-        elif stem == "imagenet":
-            first = nn.Sequential(*conv_bn_relu(in_channels, widths[0], 7, 2), nn.MaxPool2d(3, 2, 1))
-        else:
-            raise ValueError(f"stem={stem!r} is not an MSDNet stem; choose one of {STEMS}")
+        first, _ = make_stem(stem, in_channels, widths[0])
         self.scales = nn.ModuleList([first] + [nn.Sequential(*conv_bn_relu(a, b, 3, 2)) for a, b in zip(widths, widths[1:])])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -7,41 +7,14 @@ channel count (1.0 = the paper's 64-128-256-512) so CPU-sized variants keep the 
 """
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Sequence
 
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from scan_lightning.models.backbone import SectionedBackbone, SectionInfo
-from scan_lightning.models.layers import he_init
+from scan_lightning.models.layers import Stem, he_init, make_stem, resnet_stage
 from scan_lightning.models.registry import register_backbone
-
-Stem = Literal["cifar", "imagenet", "small"]
-STEMS = ("cifar", "imagenet", "small")
-
-
-def _stem(kind: str, in_channels: int, out_channels: int) -> tuple[nn.Sequential, int]:
-    if kind in ("cifar", "small"):
-        stride = 1 if kind == "cifar" else 2
-        conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
-        return nn.Sequential(conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)), stride
-    if kind == "imagenet":
-        conv = nn.Conv2d(in_channels, out_channels, kernel_size=7, stride=2, padding=3, bias=False)
-        pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        return nn.Sequential(conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True), pool), 4
-    raise ValueError(f"stem={kind!r} is not a ResNet stem; choose one of {STEMS}")
-
-
-def _stage(block: type[BasicBlock | Bottleneck], inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
-    downsample = None
-    if stride != 1 or inplanes != planes * block.expansion:
-        downsample = nn.Sequential(
-            conv1x1(inplanes, planes * block.expansion, stride), nn.BatchNorm2d(planes * block.expansion)
-        )
-    layers = [block(inplanes, planes, stride, downsample)]
-    layers += [block(planes * block.expansion, planes) for _ in range(1, blocks)]
-    return nn.Sequential(*layers)
-
 
 def build_resnet(
     block: type[BasicBlock | Bottleneck],
@@ -57,12 +30,12 @@ def build_resnet(
     if len(layers) != 4 or any(n < 1 for n in layers):
         raise ValueError(f"layers={list(layers)} must be four positive block counts")
     planes = [max(1, round(p * width)) for p in (64, 128, 256, 512)]
-    stem_module, reduction = _stem(stem, in_channels, planes[0])
+    stem_module, reduction = make_stem(stem, in_channels, planes[0])
     sections, info = [], []
     inplanes = planes[0]
     for i, (p, n) in enumerate(zip(planes, layers)):
         stride = 1 if i == 0 else 2
-        stage = _stage(block, inplanes, p, n, stride)
+        stage = resnet_stage(block, inplanes, p, n, stride)
         inplanes = p * block.expansion
         reduction *= stride
         sections.append(nn.Sequential(stem_module, stage) if i == 0 else stage)

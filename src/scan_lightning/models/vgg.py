@@ -9,6 +9,7 @@ from torch import nn
 from torchvision.models.vgg import cfgs
 
 from scan_lightning.models.backbone import SectionedBackbone, SectionInfo
+from scan_lightning.models.layers import he_init
 from scan_lightning.models.registry import register_backbone
 
 
@@ -35,10 +36,7 @@ def build_vgg(spec: list, *, in_channels: int = 3, width: float = 1.0) -> Sectio
     sections = nn.ModuleList([nn.Sequential(*[m for m, _ in g]) for g in groups])
     info = [SectionInfo(f"pool{2 + i}", g[-1][1], 2 ** (2 + i)) for i, g in enumerate(groups)]
     backbone = SectionedBackbone(sections, info)
-    for m in backbone.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
+    he_init(backbone)
     return backbone
 
 

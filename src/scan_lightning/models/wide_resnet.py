@@ -9,9 +9,8 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from scan_lightning.models.backbone import SectionedBackbone, SectionInfo
-from scan_lightning.models.layers import he_init
+from scan_lightning.models.layers import Stem, he_init, make_stem, resnet_stage
 from scan_lightning.models.registry import register_backbone
-from scan_lightning.models.resnet import Stem, _stage, _stem
 
 
 def build_wide_resnet(depth: int, widen: int, *, stem: Stem = "cifar", in_channels: int = 3,
@@ -22,11 +21,11 @@ def build_wide_resnet(depth: int, widen: int, *, stem: Stem = "cifar", in_channe
         raise ValueError(f"widen={widen} must be >= 1 and width={width} > 0")
     n = (depth - 2) // 6
     base = max(1, round(16 * width))
-    stem_module, reduction = _stem(stem, in_channels, base)
+    stem_module, reduction = make_stem(stem, in_channels, base)
     sections, info, inplanes = [], [], base
     for i, planes in enumerate(base * widen * m for m in (1, 2, 4)):
         stride = 1 if i == 0 else 2
-        stage = _stage(BasicBlock, inplanes, planes, n, stride)
+        stage = resnet_stage(BasicBlock, inplanes, planes, n, stride)
         inplanes, reduction = planes, reduction * stride
         sections.append(nn.Sequential(stem_module, stage) if i == 0 else stage)
         info.append(SectionInfo(f"stage{i + 1}", planes, reduction))
