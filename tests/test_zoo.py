@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from scan_lightning.config import build
 from scan_lightning.inference import measure_costs
 from scan_lightning.inference.cost import count_params
-from scan_lightning.models import MultiExitNetwork, build_backbone
+from scan_lightning.models import MultiExitNetwork, build_backbone, list_backbones
 from scan_lightning.train import train
 from tests.test_configs import options
 
@@ -34,6 +34,26 @@ def test_every_model_on_both_datasets(make_cfg, model, data):
         out = net(torch.randn(1, 3, size, size))
     assert len(out.logits) == net.num_exits == EXITS.get(model, 4)
     assert all(lg.shape == (1, cfg.data.num_classes) for lg in out.logits)
+
+
+# the smallest arguments that build each registered backbone (names as list_backbones() gives them)
+SMALL = {"msdnet": {"num_blocks": 2, "channels": 4, "growth": 2}, "vgg16_bn": {"width": 0.125},
+         "vgg19_bn": {"width": 0.125}, "wrn20_8": {"width": 0.125}, "wrn44_8": {"width": 0.125},
+         "torchvision_cut": {"model": "resnet18", "cut_points": ["layer2", "layer4"], "image_size": 32}}
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_every_registered_backbone_reports_what_its_sections_return(name):
+    """Each builder in the registry (timm-style: parametrised over the registry's own list): the stage metadata
+    (channels, total stride) it declares is what its sections really return on a 32x32 image."""
+    backbone = build_backbone(name, **SMALL.get(name, {"width": 0.125})).eval()
+    with torch.no_grad():
+        outs = backbone(torch.randn(2, 3, 32, 32))
+    assert len(outs) == len(backbone.feature_info) >= 2
+    for out, info in zip(outs, backbone.feature_info):
+        out = out[-1] if isinstance(out, (list, tuple)) else out   # MSDNet: the coarsest map feeds the exit
+        assert out.shape[1] == info.channels, (name, info)
+        assert 32 // out.shape[-1] == min(info.reduction, 32), (name, info)
 
 
 def plain_torchvision_macs(model: torch.nn.Module) -> int:
