@@ -11,7 +11,7 @@ DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist
 
 help:
 	@echo "make demo       set up, then train + evaluate the quickstart (Fashion-MNIST, CPU, < 10 min)"
-	@echo "make test       set up, then run the test suite (slow tests excluded)"
+	@echo "make test       set up, then lint (ruff) and run the test suite (slow tests excluded)"
 	@echo "make test-slow  only the tests marked slow"
 	@echo "make setup      create $(VENV) and install scan_lightning[dev] (editable)"
 	@echo "make data       install the Fashion-MNIST IDX files into $(FMNIST_RAW)"
@@ -38,6 +38,7 @@ demo: setup data
 	$(PY) -m scan_lightning.train
 
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 test-slow: setup data

@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
-from scan_lightning.config import config_dir, register_resolvers
+from scan_lightning.config import config_dir
 from scan_lightning.task import hydra_error_message, run_entry_point
 from scan_lightning.train import train
 
@@ -125,7 +125,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bad_inputs.md")
     args = parser.parse_args()
-    register_resolvers()
     with tempfile.TemporaryDirectory() as tmp:
         bad = files(Path(tmp))
         rows = [probe(name, overrides, Path(tmp) / "runs") for name, overrides in cases(bad)]

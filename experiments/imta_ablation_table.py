@@ -49,7 +49,7 @@ def markdown(rows: list[dict], command: str, note: str = "") -> str:
         "Test top-1 (%) per exit after phase II (checkpoint selected on the 5,000-image validation split);",
         "`phase I` = the same run's network before phase II. Single seed: differences below ~0.5 points are noise.",
         "",
-        "| GE | ISC | OFA | " + " | ".join(f"E-{i}" for i in range(1, k + 1)) + " | ensemble | phase I E-1..E-%d |" % k,
+        "| GE | ISC | OFA | " + " | ".join(f"E-{i}" for i in range(1, k + 1)) + f" | ensemble | phase I E-1..E-{k} |",
         "|" + "---|" * (k + 5),
     ]
     for r in rows:

@@ -5,8 +5,8 @@ import pytest
 import torch
 from hydra.errors import MissingConfigException
 
-from scan_lightning.config import build
 from scan_lightning.builders import build_group, build_module
+from scan_lightning.config import build
 from tests.conftest import CONF
 from tests.image_folders import write_class_folders
 

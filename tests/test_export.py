@@ -17,12 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from scan_lightning.export import export
-from scan_lightning.inference import (
-    EarlyExitPredictor,
-    ExitPolicy,
-    exit_confidence,
-    measure_costs,
-)
+from scan_lightning.inference import EarlyExitPredictor, ExitPolicy, exit_confidence, measure_costs
 from scan_lightning.inference.deploy import deploy, fold_batchnorm
 from scan_lightning.inference.export import (
     MANIFEST,

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scan_lightning.models.gradient import equilibrium_scales, scale_gradient
 from scan_lightning.models import MultiExitNetwork, build_backbone
+from scan_lightning.models.gradient import equilibrium_scales, scale_gradient
 
 
 def test_scale_gradient_is_identity_forward_and_scales_backward():

@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
-from torch.nn import functional as F
 from hydra.errors import InstantiationException
 from omegaconf.errors import InterpolationResolutionError
+from torch.nn import functional as F
 
 from scan_lightning.config import build
 from scan_lightning.losses import CrossEntropy, Distillation, FeatureHint, LossComposer

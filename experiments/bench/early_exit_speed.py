@@ -27,6 +27,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from scan_lightning.config import build, config_dir
+from scan_lightning.data.base import input_shape
 from scan_lightning.inference import ExitCache, ExitPolicy, budget_proportions, budgeted_thresholds, genetic_search
 from scan_lightning.inference.cost import measure_costs
 from scan_lightning.inference.deploy import DeployedNetwork, DeployOptions, deploy
@@ -44,7 +45,7 @@ NETWORKS = {  # name: (overrides, images per batch size, timed passes)
 def config_net(overrides: list[str]):
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=["paths.output_dir=unused", *overrides])
-    return build(cfg.model).eval(), (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
+    return build(cfg.model).eval(), input_shape(cfg.data)
 
 
 def checkpoint_net(path: str):

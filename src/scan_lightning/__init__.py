@@ -1,7 +1,6 @@
 """scan_lightning: multi-exit image classifiers (SCAN, IMTA) on PyTorch Lightning + Hydra."""
-from scan_lightning.config import register_resolvers
+import scan_lightning.config  # noqa: F401  (registers the ${sl.*} config resolvers, once)
 
-register_resolvers()
 __version__ = "0.1.0"
 
 

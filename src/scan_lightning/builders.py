@@ -18,6 +18,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 
 from scan_lightning.checkpoints import architecture_only, network_state, read_checkpoint
 from scan_lightning.config import ConfigError, build, to_plain
+from scan_lightning.data.base import input_shape
 from scan_lightning.finetune import check_new_tensors_train, initial_weights, load_matching
 from scan_lightning.inference.cost import measure_costs
 from scan_lightning.logs import get_logger
@@ -58,6 +59,8 @@ def build_module(cfg: DictConfig, teacher_model: dict | None = None) -> MultiExi
                              run_config=to_plain(cfg), trainable=list(trainable) if trainable else None,
                              teacher_model=teacher_model, compile=bool(cfg.get("compile", False)),
                              channels_last=bool(cfg.get("channels_last", False)))
+    # one image: Lightning's model summary then reports the network's FLOPs (twice its MACs) and layer sizes
+    module.example_input_array = torch.zeros(1, *input_shape(cfg.data))
     if teacher_ckpt is not None:
         module.teacher.load_state_dict(network_state(teacher_ckpt))
     if cfg.get("init_from"):   # a checkpoint, or a state_dict of the network or of its torchvision backbone
@@ -196,7 +199,7 @@ def write_summary(out_dir: Path, metrics: dict[str, float], checkpoint: str | No
 
 def report_exits(module: MultiExitModule, cfg: DictConfig, metrics: dict[str, float], out_dir: Path) -> None:
     """Log and save the per-exit test table (cumulative MACs, params, top-1)."""
-    shape = (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
+    shape = input_shape(cfg.data)
     costs = measure_costs(module.net, shape)
     acc = {name: metrics.get(f"test/acc/{name}") for name in module.metric_names}
     rows = exit_rows(costs, acc)

@@ -10,9 +10,12 @@ from omegaconf import DictConfig
 
 from scan_lightning.builders import fill_from_data
 from scan_lightning.config import build, config_dir
+from scan_lightning.data.base import input_shape
 from scan_lightning.inference.cost import CostTable, count_params, measure_costs
 from scan_lightning.logs import get_logger
 from scan_lightning.report import exit_rows, render_exit_table
+from scan_lightning.task import cli as run_cli
+from scan_lightning.task import run_entry_point
 
 log = get_logger(__name__)
 
@@ -24,7 +27,7 @@ def describe(cfg: DictConfig) -> CostTable:
         fill_from_data(cfg, build(cfg.data))
     net = build(cfg.model)
     elementwise = bool(cfg.get("count_elementwise"))
-    costs = measure_costs(net, (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size), elementwise)
+    costs = measure_costs(net, input_shape(cfg.data), elementwise)
     name = cfg.model.backbone.get("model") or cfg.model.backbone.name
     unit = " (MSDNet op-counter convention)" if elementwise else ""
     log.info(render_exit_table(exit_rows(costs, {}), f"{name} at {cfg.data.image_size}px, {cfg.data.num_classes} "
@@ -35,10 +38,15 @@ def describe(cfg: DictConfig) -> CostTable:
     return costs
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="describe")
 def main(cfg: DictConfig) -> None:
-    describe(cfg)
+    run_entry_point(describe, cfg)
+
+
+def cli() -> None:
+    """The console command (``scan-describe``, ``python -m scan_lightning.describe``)."""
+    run_cli(main)
 
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -13,12 +13,13 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from scan_lightning.checkpoints import load_module
 from scan_lightning.config import build, config_dir
+from scan_lightning.data.base import input_shape
 from scan_lightning.inference.analysis import check_search
 from scan_lightning.inference.cost import measure_costs
 from scan_lightning.inference.pipeline import check_timing, run_post_fit
 from scan_lightning.inference.policy import model_identity, resolve_policy
-from scan_lightning.checkpoints import load_module
 from scan_lightning.logs import get_logger
 from scan_lightning.report import exit_rows, render_dynamic_summary, render_exit_table
 from scan_lightning.task import cli as run_cli
@@ -42,7 +43,7 @@ def evaluate(cfg: DictConfig) -> dict:
     run_cfg = OmegaConf.create(module.hparams.run_config)
     given = cfg.get("thresholds")
     given = OmegaConf.to_container(given) if OmegaConf.is_config(given) else given
-    shape = (run_cfg.data.in_channels, run_cfg.data.image_size, run_cfg.data.image_size)
+    shape = input_shape(run_cfg.data)
     policy = None if given == "search" else resolve_policy(
         net.num_exits, ckpt, given, cfg.get("thresholds_path"), cfg.get("temperatures"), cfg.get("fallback"),
         required=False, model=model_identity(net, shape))

@@ -17,6 +17,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from scan_lightning.config import config_dir
+from scan_lightning.data.base import input_shape
 from scan_lightning.logs import get_logger
 from scan_lightning.task import cli as run_cli
 from scan_lightning.task import run_entry_point, task_wrapper
@@ -99,16 +100,16 @@ def _check(fmt: str, output: Path, net, policy, costs) -> dict[str, Any]:
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Load ``cfg.ckpt_path`` (weights_only), fold BatchNorm, write the artefact; returns what was written."""
     check_export_config(cfg)
+    from scan_lightning.checkpoints import load_module
     from scan_lightning.inference.cost import measure_costs
     from scan_lightning.inference.deploy import DeployOptions, deploy, fold_batchnorm
     from scan_lightning.inference.export import export_onnx, export_torchscript
-    from scan_lightning.checkpoints import load_module
 
     ckpt = Path(cfg.ckpt_path)
     module = load_module(ckpt)
     net = module.net.eval()
     data = module.hparams.run_config["data"]
-    shape = (int(data["in_channels"]), int(data["image_size"]), int(data["image_size"]))
+    shape = input_shape(data)
     policy = _policy(cfg, ckpt, net, shape)
     costs = measure_costs(net, shape)
     form = cfg.get("form", "deploy")

@@ -1,8 +1,8 @@
 """Start from an earlier run: load its network weights, train only some parameters, freeze BN statistics."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from fnmatch import fnmatch
-from typing import Sequence
 
 import torch
 from torch import nn

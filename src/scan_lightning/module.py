@@ -85,7 +85,7 @@ class MultiExitModule(pl.LightningModule):
         for module in [*self._frozen_norms, *([self.teacher] if self.teacher is not None else [])]:
             module.eval()
 
-    def train(self, mode: bool = True) -> "MultiExitModule":
+    def train(self, mode: bool = True) -> MultiExitModule:
         super().train(mode)
         self._hold_frozen_in_eval()
         return self

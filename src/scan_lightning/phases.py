@@ -9,8 +9,8 @@ interrupted one from the newer of its ``checkpoints/last.ckpt`` and ``checkpoint
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 

@@ -1,8 +1,9 @@
 """PNG plots of a run's dynamic inference: accuracy vs MACs, and where samples exit."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import matplotlib
 

@@ -2,7 +2,7 @@
 the run's logger (:mod:`scan_lightning.logs`)."""
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from rich.table import Table
 

@@ -10,9 +10,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import torch
 from rich.progress import track
@@ -72,7 +72,7 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, thresholds: str | Path | Sequence[float] | None = None,
                         budget_macs: float | None = None, budget_ms: float | None = None,
-                        deploy_options: DeployOptions | None = None, device: str | torch.device = "cpu") -> "Predictor":
+                        deploy_options: DeployOptions | None = None, device: str | torch.device = "cpu") -> Predictor:
         """A checkpoint written by ``scan_lightning.train`` (loaded with ``weights_only=True``).
 
         ``thresholds``: a ``thresholds.json`` path, a list (one per exit), or ``None`` = the ``thresholds.json``
@@ -110,13 +110,13 @@ class Predictor:
         return cls(rebuild(policy), policy, shape, device, data.get("class_names"), saved, rebuild)
 
     @classmethod
-    def from_export(cls, path: str | Path, device: str | torch.device = "cpu") -> "Predictor":
+    def from_export(cls, path: str | Path, device: str | torch.device = "cpu") -> Predictor:
         """A TorchScript file or an ONNX folder written by ``python -m scan_lightning.export``."""
         runner, meta = load_export(path, device)
         policy = ExitPolicy.from_dict(meta["policy"])
         return cls(runner, policy, meta["input_shape"], device, meta.get("class_names"))
 
-    def with_budget(self, macs: float | None = None, ms: float | None = None) -> "Predictor":
+    def with_budget(self, macs: float | None = None, ms: float | None = None) -> Predictor:
         """The same network at the saved budgeted-curve point that fits a mean cost per image."""
         if self.budgeted is None or self._rebuild is None:
             raise ValueError("this predictor has no saved budgeted curve (build it with from_checkpoint)")

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import hydra
 import pytorch_lightning as pl

@@ -11,8 +11,8 @@ import torch
 from scan_lightning.checkpoints import network_state
 from scan_lightning.inference.analysis import check_search, exit_names
 from scan_lightning.inference.pipeline import check_timing, run_post_fit
-from scan_lightning.models.multi_exit import MultiExitNetwork
 from scan_lightning.logs import get_logger
+from scan_lightning.models.multi_exit import MultiExitNetwork
 from scan_lightning.report import render_dynamic_summary
 
 log = get_logger(__name__)

@@ -9,7 +9,8 @@ transforms, so model selection and threshold search never see augmented images, 
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -19,6 +20,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from scan_lightning.data.order import ResumableRandomSampler, train_order_state
 
 Transform = Callable
+
+
+def input_shape(data: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(C, H, W) of one image, from a data config (``in_channels``, square ``image_size``)."""
+    return int(data["in_channels"]), int(data["image_size"]), int(data["image_size"])
 
 
 class SplitDataModule(pl.LightningDataModule):

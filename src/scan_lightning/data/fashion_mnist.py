@@ -108,9 +108,9 @@ class FashionMNISTDataModule(SplitDataModule):
 
 
 def ensure_files(data_dir: str, source_dir: str = DEBIAN_DIR) -> Path:
-    """Put the IDX files under ``data_dir``: from ``source_dir`` if it has them, else torchvision's download."""
-    if not all((raw_folder(data_dir) / n).is_file() for n in IDX_FILES) and not install_idx_files(source_dir, data_dir):
-        for train in (True, False):
-            datasets.FashionMNIST(data_dir, train=train, download=True)
+    """``make data``: the data module's own ``prepare_data`` (copy from ``source_dir``, else torchvision's download,
+    then check every file), and where the files are."""
+    FashionMNISTDataModule(data_dir, source_dir, download=True, num_classes=10, in_channels=1, image_size=28,
+                           val_size=5000).prepare_data()
     return raw_folder(data_dir)
 

@@ -7,8 +7,8 @@ class subfolders; mean and std, when not given, from a bounded sample of the tra
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch.utils.data import Dataset, Subset

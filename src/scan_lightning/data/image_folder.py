@@ -3,9 +3,9 @@ classes of every split the way the training folder does."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.vision import StandardTransform
@@ -30,7 +30,7 @@ class FolderLayout:
     test: Path | None = None
 
     @classmethod
-    def scan(cls, root: str | Path) -> "FolderLayout":
+    def scan(cls, root: str | Path) -> FolderLayout:
         """The layout of ``root``, after one clear error for a missing, empty or ambiguous folder."""
         root = Path(root)
         if not root.is_dir():
@@ -74,7 +74,7 @@ class ClassFolder(ImageFolder):
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         return self._given_classes, {name: i for i, name in enumerate(self._given_classes)}
 
-    def with_transform(self, transform: Callable | None) -> "ClassFolder":
+    def with_transform(self, transform: Callable | None) -> ClassFolder:
         """The same images (no rescan) with another transform."""
         other = copy.copy(self)
         other.transform, other.transforms = transform, StandardTransform(transform, None)

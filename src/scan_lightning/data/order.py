@@ -1,7 +1,8 @@
 """The training set's shuffled order, resumable in the middle of a pass (a run stopped by a signal mid-epoch)."""
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytorch_lightning as pl
 import torch

@@ -6,7 +6,7 @@ eval resizes the short side to ``size / 0.875`` (256 for 224) and centre-crops.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torchvision import transforms
 

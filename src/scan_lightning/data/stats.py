@@ -1,7 +1,7 @@
 """Per-channel mean and standard deviation of images, on a bounded seeded sample."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset

@@ -3,8 +3,9 @@ applied to test), in MACs and, with a latency table, in measured milliseconds.""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 

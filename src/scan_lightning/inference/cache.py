@@ -1,8 +1,8 @@
 """All exits' logits on a dataset, computed once; threshold searches are pure tensor work on them."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import torch
 from rich.progress import track

@@ -45,7 +45,7 @@ class LatencyTable:
                 "cumulative_ms": self.cumulative_ms.tolist(), "plain_ms": self.plain_ms}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "LatencyTable":
+    def from_dict(cls, data: dict) -> LatencyTable:
         return cls(int(data["batch_size"]), str(data["device"]), list(data["section_ms"]),
                    list(data["exit_ms_own"]), float(data["deep_head_ms"]))
 

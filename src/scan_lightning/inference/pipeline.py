@@ -5,8 +5,9 @@ search on validation (or a given policy) -> scoring on test -> wall clock of the
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import torch
 

@@ -8,9 +8,10 @@ temperature) is above the exit's threshold; a sample no exit claims gets the ``f
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -78,7 +79,7 @@ class ExitPolicy:
 
     @classmethod
     def create(cls, thresholds: Sequence[float], temperatures: Sequence[float] | None = None,
-               fallback: str = "ensemble", num_exits: int | None = None) -> "ExitPolicy":
+               fallback: str = "ensemble", num_exits: int | None = None) -> ExitPolicy:
         """Temperatures default to 1; ``num_exits`` checks the policy fits a network."""
         thresholds = [float(t) for t in thresholds]
         policy = cls(tuple(thresholds), tuple(temperatures if temperatures is not None else [1.0] * len(thresholds)),
@@ -89,17 +90,17 @@ class ExitPolicy:
     def num_exits(self) -> int:
         return len(self.thresholds)
 
-    def for_exits(self, num_exits: int, source: str = "the policy") -> "ExitPolicy":
+    def for_exits(self, num_exits: int, source: str = "the policy") -> ExitPolicy:
         """This policy, after checking it has one threshold per exit of a network with ``num_exits``."""
         if self.num_exits != num_exits:
             raise ValueError(f"{source} holds thresholds for {self.num_exits} exits, but this network has "
                              f"{num_exits}: it belongs to another model")
         return self
 
-    def with_temperatures(self, temperatures: Sequence[float]) -> "ExitPolicy":
+    def with_temperatures(self, temperatures: Sequence[float]) -> ExitPolicy:
         return ExitPolicy(self.thresholds, tuple(temperatures), self.fallback)
 
-    def with_thresholds(self, thresholds: Sequence[float]) -> "ExitPolicy":
+    def with_thresholds(self, thresholds: Sequence[float]) -> ExitPolicy:
         return ExitPolicy(tuple(thresholds), self.temperatures, self.fallback)
 
     def confidence(self, logits: torch.Tensor, exit_index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +113,7 @@ class ExitPolicy:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], num_exits: int | None = None,
-                  source: str = "the policy") -> "ExitPolicy":
+                  source: str = "the policy") -> ExitPolicy:
         """From ``{"thresholds", "temperatures"?, "fallback"?}`` (the layout of ``thresholds.json``)."""
         if "thresholds" not in data:
             raise ValueError(f"{source} has no 'thresholds'")
@@ -127,7 +128,7 @@ class ExitPolicy:
 
     @classmethod
     def load(cls, path: str | Path, num_exits: int | None = None, model: Mapping[str, Any] | None = None
-             ) -> "ExitPolicy":
+             ) -> ExitPolicy:
         """From a ``thresholds.json``, checked against a network with ``num_exits`` exits and, when the file
         records the model it was searched for (:func:`model_identity`), against ``model``."""
         path = Path(path)

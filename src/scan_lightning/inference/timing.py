@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable
 
 import torch
 
@@ -75,7 +75,7 @@ class SideTiming:
         return 1e3 / self.ms_per_image
 
     @classmethod
-    def from_calls(cls, passes: list[list[float]], images: int) -> "SideTiming":
+    def from_calls(cls, passes: list[list[float]], images: int) -> SideTiming:
         per_image = [sum(p) / images for p in passes]
         q = statistics.quantiles(per_image, n=4) if len(per_image) > 1 else per_image * 3
         calls = [c for p in passes for c in p]

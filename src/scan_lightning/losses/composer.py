@@ -1,15 +1,13 @@
 """Combine named, weighted loss terms; return the total and every term's (unweighted) value."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
-from scan_lightning.models.outputs import ExitOutputs
-
 from scan_lightning.losses.terms import LossTerm
-
+from scan_lightning.models.outputs import ExitOutputs
 
 
 class LossComposer(nn.Module):

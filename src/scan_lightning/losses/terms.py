@@ -5,15 +5,13 @@ Exit selections: ``"all"``, ``"shallow"`` (every exit but the deepest), ``"deepe
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from scan_lightning.models.outputs import ExitOutputs
-
-
 
 ExitSelection = str | Sequence[int]
 SELECTIONS = ("all", "shallow", "deepest")

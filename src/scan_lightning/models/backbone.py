@@ -1,8 +1,8 @@
 """A backbone cut into sequential sections, with the metadata an exit needs."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -34,7 +34,7 @@ class SectionedBackbone(nn.Module):
     def num_sections(self) -> int:
         return len(self.sections)
 
-    def regroup(self, exit_after: Sequence[int]) -> "SectionedBackbone":
+    def regroup(self, exit_after: Sequence[int]) -> SectionedBackbone:
         """Merge sections so exits sit only after the given 1-based sections (the last one always has one)."""
         n = self.num_sections
         given = list(exit_after)

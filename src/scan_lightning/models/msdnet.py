@@ -13,7 +13,8 @@ gives ``base, step + 1, 2 * step + 1, ...``.
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn

@@ -1,15 +1,15 @@
 """The multi-exit network: a sectioned backbone with one exit after every section."""
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from scan_lightning.models.gradient import equilibrium_scales, scale_gradient
 from scan_lightning.models.backbone import SectionedBackbone
-from scan_lightning.models.outputs import ExitOutputs, ensemble_logits
+from scan_lightning.models.gradient import equilibrium_scales, scale_gradient
 from scan_lightning.models.heads import AttentionModule, BottleneckHead, LinearHead, MSDNetHead
+from scan_lightning.models.outputs import ExitOutputs
 
 HEAD_KINDS = ("bottleneck", "linear", "msdnet")
 DEEP_HEAD_KINDS = ("linear", "msdnet")
@@ -170,7 +170,7 @@ class MultiExitNetwork(nn.Module):
     def sections(self) -> nn.ModuleList:
         return self.backbone.sections
 
-    def exit_branch(self, i: int) -> "ExitBranch":
+    def exit_branch(self, i: int) -> ExitBranch:
         """Exit ``i`` (0-based) as one module over this network's own submodules: its attention module (shallow
         exits that have one), its head and its ISC transfer (exits after the first, with ``isc="linear"``).
         Cost counting, BatchNorm folding and export work on this, never on the attribute names inside."""

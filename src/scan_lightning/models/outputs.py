@@ -1,7 +1,8 @@
 """What a multi-exit network returns in training: every exit's logits and features (read by the loss terms)."""
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 

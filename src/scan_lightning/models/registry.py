@@ -1,7 +1,7 @@
 """Backbone builders registered by name, so configs and users can list and pick them."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from scan_lightning.models.backbone import SectionedBackbone
 

@@ -7,7 +7,7 @@ channel count (1.0 = the paper's 64-128-256-512) so CPU-sized variants keep the 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
@@ -15,6 +15,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from scan_lightning.models.backbone import SectionedBackbone, SectionInfo
 from scan_lightning.models.layers import Stem, he_init, make_stem, resnet_stage
 from scan_lightning.models.registry import register_backbone
+
 
 def build_resnet(
     block: type[BasicBlock | Bottleneck],

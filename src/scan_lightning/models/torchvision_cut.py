@@ -8,7 +8,7 @@ torchvision's pretrained weights (e.g. ``IMAGENET1K_V1``), read from the local t
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
