@@ -17,6 +17,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from scan_lightning.models.outputs import exit_names
+
 
 def exit_count(metrics: dict[str, float]) -> int:
     return max(int(m.group(1)) for k in metrics if (m := re.fullmatch(r"test/acc/exit(\d+)", k)))
@@ -31,7 +33,7 @@ def collect(sweep_dir: Path) -> list[dict]:
         for phase in ("phase1", "phase2"):
             metrics = json.loads((job / phase / "summary.json").read_text())["metrics"]
             k = exit_count(metrics)
-            row[phase] = [round(100 * metrics[f"test/acc/exit{i}"], 2) for i in range(1, k + 1)]
+            row[phase] = [round(100 * metrics[f"test/acc/{name}"], 2) for name in exit_names(k, None)]
             row[f"{phase}_ensemble"] = round(100 * metrics["test/acc/ensemble"], 2)
         rows.append(row)
     # IMTA Table 2 order: baseline, then one technique, two, all three

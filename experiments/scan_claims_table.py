@@ -18,6 +18,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from scan_lightning.models.outputs import exit_names
+
 VARIANTS = {"fashion_claims_baseline": "(a) baseline", "fashion_claims_dsn": "(b) DSN",
             "fashion_claims_self_distillation": "(c) self-distillation", "fashion_claims_scan": "(d) SCAN"}
 EXITS = 4
@@ -32,7 +34,7 @@ def collect(sweep_dir: Path) -> list[dict]:
         cfg = OmegaConf.load(job / "config_resolved.yaml")
         m = summary["metrics"]
         row = {"job": job.name, "variant": cfg.task_name, "seed": int(cfg.seed), "checkpoint": summary["checkpoint"],
-               "exits": [100 * m[f"test/acc/exit{i}"] for i in range(1, EXITS + 1)],
+               "exits": [100 * m[f"test/acc/{name}"] for name in exit_names(EXITS, None)],
                "ensemble": 100 * m["test/acc/ensemble"]}
         saved = job / "checkpoints" / "thresholds.json"
         if saved.is_file():

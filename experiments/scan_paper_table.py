@@ -19,6 +19,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from scan_lightning.models.outputs import exit_names
+
 # SCAN (NeurIPS 2019) Table 1 (CIFAR-100) and Table 2 (ImageNet): baseline, exits 1/4 .. 4/4, ensemble (None: not given)
 PAPER = {
     ("cifar100", "vgg16_bn"): (72.46, [71.29, 74.92, 75.18, 75.29], 76.80),
@@ -47,7 +49,7 @@ def runs(dirs: list[Path]) -> list[dict]:
             m = summary["metrics"]
             k = max((int(g.group(1)) for key in m if (g := re.fullmatch(r"test/acc/exit(\d+)", key))), default=0)
             row = {"run": str(run), "task": str(OmegaConf.load(run / "config_resolved.yaml").task_name),
-                   "exits": [100 * m[f"test/acc/exit{i}"] for i in range(1, k + 1)],
+                   "exits": [100 * m[f"test/acc/{name}"] for name in exit_names(k, None)],
                    "ensemble": 100 * m["test/acc/ensemble"] if "test/acc/ensemble" in m else None}
             saved = run / "checkpoints" / "thresholds.json"
             if saved.is_file():

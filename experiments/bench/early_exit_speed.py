@@ -34,6 +34,7 @@ from scan_lightning.inference.deploy import DeployedNetwork, DeployOptions, depl
 from scan_lightning.inference.latency import measure_latency
 from scan_lightning.inference.predictor import EarlyExitPredictor
 from scan_lightning.inference.timing import mac_phrase, speed_phrase, time_early_exit
+from scan_lightning.models.outputs import exit_name
 
 NETWORKS = {  # name: (overrides, images per batch size, timed passes)
     "quickstart resnet18_cpu @ fashion_mnist": (["model=resnet18_cpu", "data=fashion_mnist"], 1024, 5),
@@ -75,7 +76,7 @@ def profile(name: str, form: str, net: DeployedNetwork, costs, images: torch.Ten
     parts = []
     for e, s_ms, x_ms in zip(costs.exits, table.section_ms, table.exit_ms_own):
         parts.append({"part": f"section{e.index + 1}", "ms": s_ms, "macs": e.section_macs})
-        parts.append({"part": f"exit{e.index + 1}", "ms": x_ms, "macs": e.attention_macs + e.head_macs})
+        parts.append({"part": exit_name(e.index), "ms": x_ms, "macs": e.attention_macs + e.head_macs})
     return {"network": name, "form": form, "plain_ms": table.plain_ms, "plain_macs": costs.plain_macs, "parts": parts}
 
 

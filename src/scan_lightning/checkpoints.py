@@ -76,17 +76,30 @@ def architecture_only(model: dict) -> dict:
     return {**model, "backbone": {**backbone, "weights": None}}
 
 
+def selected_checkpoint(trainer) -> str:
+    """The checkpoint model selection chose in this fit (``ModelCheckpoint``'s best by its validation metric);
+    ``""`` when there is none (fast_dev_run, checkpointing off)."""
+    cb = trainer.checkpoint_callback
+    return cb.best_model_path if cb is not None and cb.best_model_path else ""
+
+
+def recorded_checkpoint(run_dir: str | Path) -> str | None:
+    """The checkpoint a finished run selected and tested, as its ``summary.json`` records it (``None``: no run)."""
+    import json
+
+    summary = Path(run_dir) / "summary.json"
+    return json.loads(summary.read_text()).get("checkpoint") if summary.is_file() else None
+
+
 def selected_val_accuracy(run_dir: str | Path) -> float:
     """A finished run's model-selection score: the validation accuracy its selected checkpoint was chosen by
     (``ModelCheckpoint``'s monitored ``val/acc/...``). SCAN's GA baseline is the plain baseline network's accuracy;
     this reads it from the baseline run (``search.ga.baseline=<run dir>``), never from its test set."""
-    import json
-
-    summary = Path(run_dir) / "summary.json"
-    if not summary.is_file():
-        raise FileNotFoundError(f"search.ga.baseline={run_dir}: no finished run there ({summary} is missing); "
-                                "give a baseline run directory, 'deepest', 'ensemble' or an accuracy in [0, 1]")
-    selected = json.loads(summary.read_text()).get("checkpoint")
+    if not (Path(run_dir) / "summary.json").is_file():
+        raise FileNotFoundError(f"search.ga.baseline={run_dir}: no finished run there ({Path(run_dir) / 'summary.json'} "
+                                "is missing); give a baseline run directory, 'deepest', 'ensemble' or an accuracy "
+                                "in [0, 1]")
+    selected = recorded_checkpoint(run_dir)
     if not selected:
         raise ValueError(f"search.ga.baseline={run_dir}: the run selected no checkpoint (e.g. a fast_dev_run)")
     for key, state in read_checkpoint(selected).get("callbacks", {}).items():

@@ -14,7 +14,7 @@ from scan_lightning.finetune import freeze_except, frozen_batchnorms
 from scan_lightning.logs import get_logger
 from scan_lightning.losses import LossComposer
 from scan_lightning.models.multi_exit import MultiExitNetwork
-from scan_lightning.models.outputs import ExitOutputs
+from scan_lightning.models.outputs import ExitOutputs, exit_name, exit_names
 
 STAGES = ("train", "val", "test")
 
@@ -102,7 +102,7 @@ class MultiExitModule(pl.LightningModule):
     @property
     def metric_names(self) -> list[str]:
         """``exit1..exitK`` then ``ensemble``."""
-        return [f"exit{i + 1}" for i in range(self.net.num_exits)] + ["ensemble"]
+        return exit_names(self.net.num_exits)
 
     def forward(self, x: torch.Tensor) -> ExitOutputs:
         return self.net(x)
@@ -145,7 +145,7 @@ class MultiExitModule(pl.LightningModule):
     def _divergence_message(self, total: torch.Tensor, terms: dict[str, torch.Tensor], outputs: ExitOutputs,
                             y: torch.Tensor) -> str:
         broken_terms = [name for name, value in terms.items() if not torch.isfinite(value)]
-        broken_exits = [f"exit{i + 1}" for i, logits in enumerate(outputs.logits)
+        broken_exits = [exit_name(i) for i, logits in enumerate(outputs.logits)
                         if not torch.isfinite(logits).all() or not torch.isfinite(F.cross_entropy(logits, y))]
         return (f"training diverged at step {self.global_step} (epoch {self.current_epoch}): loss {total.item()}; "
                 f"non-finite loss terms: {broken_terms or 'none'}; exits whose outputs or cross-entropy are not "

@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from scan_lightning.builders import SUMMARY, finished, prepare, resume_checkpoint, save_resolved_config
+from scan_lightning.checkpoints import recorded_checkpoint
 from scan_lightning.config import ConfigError, build, to_plain
 from scan_lightning.finetune import check_new_tensors_train, load_matching
 from scan_lightning.logs import get_logger
@@ -40,11 +41,6 @@ def phase_config(cfg: DictConfig, name: str, earlier: list[str], base_dir: Path)
         if phase.get("logger") and phase.logger.get("wandb") and not phase.logger.wandb.get("name"):
             phase.logger.wandb.name = f"{cfg.task_name}-{name}"
     return phase
-
-
-def finished_checkpoint(phase_dir: Path) -> str:
-    """The checkpoint a finished phase selected (tested), from its ``summary.json``."""
-    return json.loads((phase_dir / SUMMARY).read_text())["checkpoint"]
 
 
 def check_phases(cfg: DictConfig, base_dir: Path) -> dict[str, DictConfig]:
@@ -90,7 +86,7 @@ def run_phases(cfg: DictConfig, run: Callable[[DictConfig], dict[str, float]]) -
         with open_dict(phase):
             for key in PHASE_REFERENCES:
                 if phase.get(key) in phases:
-                    phase[key] = finished_checkpoint(base_dir / phase[key])
+                    phase[key] = recorded_checkpoint(base_dir / phase[key])
             resume = resume_checkpoint(phase_dir)
             if resume and not phase.get("ckpt_path"):
                 phase.ckpt_path = resume

@@ -9,13 +9,14 @@ from rich.table import Table
 from scan_lightning.inference.cost import CostTable
 from scan_lightning.inference.timing import mac_phrase, speed_phrase
 from scan_lightning.logs import render
+from scan_lightning.models.outputs import exit_name, exit_names
 
 
 def exit_rows(costs: CostTable, accuracy: Mapping[str, float]) -> list[dict]:
     """One row per exit plus the ensemble; ``accuracy`` maps ``exit1..exitK``/``ensemble`` to top-1 in [0, 1]."""
     rows = [
-        {"exit": f"exit{e.index + 1}", "macs": e.cumulative_macs, "params": e.cumulative_params,
-         "own_head_macs": e.own_head_macs, "top1": accuracy.get(f"exit{e.index + 1}")}
+        {"exit": exit_name(e.index), "macs": e.cumulative_macs, "params": e.cumulative_params,
+         "own_head_macs": e.own_head_macs, "top1": accuracy.get(exit_name(e.index))}
         for e in costs.exits
     ]
     last = costs.exits[-1]
@@ -42,7 +43,7 @@ def render_dynamic_summary(result: dict) -> str:
     parts: list = []
     t = result["test"]
     fractions = ", ".join(f"{n} {100 * f:.1f}%" for n, f in zip(
-        [f"exit{i + 1}" for i in range(result["num_exits"])] + [f"fallback ({result['fallback']})"],
+        exit_names(result["num_exits"], f"fallback ({result['fallback']})"),
         t["exit_fractions"]))
     latency = (f"; predicted {t['mean_ms']:.3f} ms/img from the latency table = "
                f"{speed_phrase(t['latency_speedup_plain'])} than the plain network" if "mean_ms" in t else "")
@@ -58,7 +59,7 @@ def render_dynamic_summary(result: dict) -> str:
     if cal:
         parts.append("Calibration (per-exit temperature, fitted on {fitted_on} validation images): ECE on test "
                       "before -> after: {pairs}".format(fitted_on=cal["fitted_on"], pairs=", ".join(
-                          f"exit{i + 1} {b:.3f} -> {a:.3f}"
+                          f"{exit_name(i)} {b:.3f} -> {a:.3f}"
                           for i, (b, a) in enumerate(zip(cal["ece_test_before"], cal["ece_test_after"])))))
     budget = Table(title="Budgeted batch classification (test; thresholds from validation)")
     has_ms = any("mean_ms" in r for r in result["budgeted"])

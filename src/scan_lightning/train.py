@@ -27,6 +27,7 @@ from scan_lightning.builders import (
 )
 from scan_lightning.callbacks import InterruptCheckpoint, ThresholdSearch
 from scan_lightning.callbacks.threshold_search import dynamic_metrics
+from scan_lightning.checkpoints import selected_checkpoint
 from scan_lightning.config import ConfigError, RunStopped, config_dir
 from scan_lightning.logs import get_logger
 from scan_lightning.phases import run_phases
@@ -71,8 +72,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             raise
         raise interrupted(trainer, out_dir) from err
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    cb = trainer.checkpoint_callback
-    best = cb.best_model_path if cb is not None else ""
+    best = selected_checkpoint(trainer)
     if cfg.get("test"):
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})

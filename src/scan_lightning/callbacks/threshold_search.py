@@ -8,7 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from scan_lightning.checkpoints import network_state
+from scan_lightning.checkpoints import network_state, selected_checkpoint
 from scan_lightning.inference.analysis import check_search, exit_names
 from scan_lightning.inference.pipeline import check_timing, run_post_fit
 from scan_lightning.logs import get_logger
@@ -20,8 +20,7 @@ log = get_logger(__name__)
 
 def best_network(trainer: pl.Trainer, pl_module: pl.LightningModule) -> MultiExitNetwork:
     """The network with the selected (best) checkpoint's weights; the current ones under fast_dev_run."""
-    cb = trainer.checkpoint_callback
-    best = cb.best_model_path if cb is not None else ""
+    best = selected_checkpoint(trainer)
     if not best:
         return pl_module.net
     net = copy.deepcopy(pl_module.net)
@@ -72,9 +71,8 @@ class ThresholdSearch(pl.Callback):
     @staticmethod
     def result_path(trainer: pl.Trainer) -> Path:
         """Where the post-fit result (``thresholds.json``) of this trainer's run is written."""
-        cb = trainer.checkpoint_callback
-        out_dir = Path(cb.best_model_path).parent if cb is not None and cb.best_model_path else Path(trainer.default_root_dir)
-        return out_dir / "thresholds.json"
+        best = selected_checkpoint(trainer)
+        return (Path(best).parent if best else Path(trainer.default_root_dir)) / "thresholds.json"
 
 
 def dynamic_metrics(result: dict[str, Any]) -> dict[str, float]:

@@ -15,6 +15,7 @@ from scan_lightning.inference.cost import CostTable
 from scan_lightning.inference.latency import LatencyTable
 from scan_lightning.inference.policy import ExitPolicy, check_fallback
 from scan_lightning.inference.search import budget_sweep, check_ga_settings, genetic_search
+from scan_lightning.models.outputs import exit_names
 
 COSTS = ("macs", "latency")
 
@@ -23,11 +24,6 @@ def exit_macs(costs: CostTable) -> torch.Tensor:
     """(K + 1,) honest MACs of leaving at each exit; the ensemble fallback ran everything."""
     cum = costs.cumulative_macs
     return torch.cat([cum, cum[-1:]])
-
-
-def exit_names(num_exits: int, last: str = "ensemble") -> list[str]:
-    """``exit1 .. exitK`` then ``last`` (``ensemble`` or ``fallback``)."""
-    return [f"exit{i + 1}" for i in range(num_exits)] + [last]
 
 
 def anytime(cache: ExitCache, costs: CostTable, latency: LatencyTable | None = None) -> list[dict]:

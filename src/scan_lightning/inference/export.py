@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from scan_lightning.inference.analysis import exit_macs
 from scan_lightning.inference.cost import CostTable
 from scan_lightning.inference.deploy import DeployedNetwork
 from scan_lightning.inference.policy import ExitPolicy
@@ -41,12 +42,6 @@ ONNX_EXPORTERS = ("dynamo", "legacy")
 PRESERVED = ["thresholds", "temperatures", "fallback", "ensemble_fallback", "exit_macs", "input_shape",
              "num_exits", "num_classes", "metadata", "channels_last"]
 EXAMPLE_BATCH = 2                         # trace/export batch: > 1 so nothing specialises to a single sample
-
-
-def exit_macs_list(costs: CostTable) -> list[float]:
-    """MACs a sample paid at each exit 0..K-1, then at the fallback (K: it ran everything)."""
-    cum = [float(e.cumulative_macs) for e in costs.exits]
-    return [*cum, cum[-1]]
 
 
 def export_metadata(net: Network, policy: ExitPolicy, costs: CostTable,
@@ -64,7 +59,7 @@ def export_metadata(net: Network, policy: ExitPolicy, costs: CostTable,
         "isc": net.isc,
         "policy": policy.to_dict(),
         "costs": costs.to_dict(),
-        "exit_macs": exit_macs_list(costs),
+        "exit_macs": exit_macs(costs).tolist(),   # paid at exit 0..K-1, then at the fallback (ran everything)
         **({"class_names": [str(c) for c in class_names]} if class_names else {}),
     }
 

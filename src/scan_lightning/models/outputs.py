@@ -21,3 +21,13 @@ class ExitOutputs(NamedTuple):
 
 def ensemble_logits(logits: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack(list(logits)).mean(0)
+
+
+def exit_name(index: int) -> str:
+    """The name of exit ``index`` (0-based) in metrics, tables and figures: ``exit1`` is the shallowest."""
+    return f"exit{index + 1}"
+
+
+def exit_names(num_exits: int, last: str | None = "ensemble") -> list[str]:
+    """``exit1 .. exitK``, then ``last`` (``ensemble``, ``fallback``, ...) unless it is ``None``."""
+    return [exit_name(i) for i in range(num_exits)] + ([last] if last is not None else [])
