@@ -13,6 +13,7 @@ from scan_lightning.inference.analysis import check_search, exit_names
 from scan_lightning.inference.pipeline import check_timing, run_post_fit
 from scan_lightning.models.multi_exit import MultiExitNetwork
 from scan_lightning.logs import get_logger
+from scan_lightning.plots import run_title
 from scan_lightning.report import render_dynamic_summary
 
 log = get_logger(__name__)
@@ -57,7 +58,8 @@ class ThresholdSearch(pl.Callback):
         val, test = ((dm.eval_dataloader("val"), dm.eval_dataloader("test")) if hasattr(dm, "eval_dataloader")
                      else (dm.val_dataloader(), dm.test_dataloader()))
         self.result = run_post_fit(best_network(trainer, pl_module), val, test, self.input_shape, self.search,
-                                   self.timing, out_dir=out_dir, device=pl_module.device)
+                                   self.timing, out_dir=out_dir, device=pl_module.device,
+                                   title=run_title(pl_module.hparams.get("run_config")))
         log.info(render_dynamic_summary(self.result))
         self.metrics = dynamic_metrics(self.result)
         for logger in trainer.loggers:
