@@ -1,10 +1,13 @@
-"""The figures (title, legend outside the axes naming every exit, values on the bars)."""
+"""The figures (title, legend outside the axes naming every exit, values on the bars) and the config tree."""
 from __future__ import annotations
+
+import logging
 
 import matplotlib.pyplot as plt
 import pytest
 
 from scan_lightning.config import to_plain
+from scan_lightning.config_tree import print_config_tree
 from scan_lightning.plots import figure_accuracy_vs_macs, figure_exit_histogram, run_title
 
 RESULT = {   # the parts of a post-fit result (thresholds.json) the figures read: three exits
@@ -51,3 +54,14 @@ def test_exit_histogram_bars_carry_their_values():
     ax = figure_exit_histogram(RESULT).axes[0]
     assert [t.get_text() for t in ax.texts] == ["50.0%", "25.0%", "12.5%", "12.5%"]
     assert [round(p.get_height(), 3) for p in ax.patches] == [50.0, 25.0, 12.5, 12.5]
+
+
+def test_config_tree_lists_the_resolved_groups_first_and_is_saved(make_cfg, tmp_path, caplog):
+    cfg = make_cfg("data=synthetic")
+    with caplog.at_level(logging.INFO, logger="scan_lightning"):
+        text = print_config_tree(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "config_tree.log").read_text().strip() == text.strip()
+    assert text in caplog.text
+    branches = [line[4:] for line in text.splitlines() if line[:4] in ("├── ", "└── ")]
+    assert branches[:4] == ["data", "model", "loss", "optim"] and {"seed: 0", "ckpt_path: null", "extras"} <= set(branches)
+    assert "num_classes: 10" in text and "${" not in text   # resolved: model.num_classes came from data

@@ -26,6 +26,7 @@ from scan_lightning.builders import (
 from scan_lightning.callbacks import InterruptCheckpoint, ThresholdSearch
 from scan_lightning.callbacks.threshold_search import dynamic_metrics
 from scan_lightning.config import ConfigError, RunStopped, config_dir
+from scan_lightning.config_tree import print_config_tree
 from scan_lightning.logs import get_logger
 from scan_lightning.phases import run_phases
 from scan_lightning.report import render_dynamic_summary
@@ -59,6 +60,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module, datamodule, trainer = prepare(cfg)
     if rank_zero_only.rank == 0:
         save_resolved_config(cfg, out_dir)
+        if (cfg.get("extras") or {}).get("print_config"):
+            print_config_tree(cfg, out_dir)
 
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
