@@ -1,14 +1,21 @@
-"""The figures (title, legend outside the axes naming every exit, values on the bars) and the config tree."""
+"""The figures (title, legend outside the axes naming every exit, values on the bars), the config tree, and the
+W&B run's identity in a sweep."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.types import RunMode
+from omegaconf import open_dict
 
 from scan_lightning.config import to_plain
 from scan_lightning.config_tree import print_config_tree
 from scan_lightning.plots import figure_accuracy_vs_macs, figure_exit_histogram, run_title
+from tests.conftest import CONF
 
 RESULT = {   # the parts of a post-fit result (thresholds.json) the figures read: three exits
     "num_exits": 3, "fallback": "ensemble", "costs": {"plain_macs": 3e6},
@@ -65,3 +72,32 @@ def test_config_tree_lists_the_resolved_groups_first_and_is_saved(make_cfg, tmp_
     branches = [line[4:] for line in text.splitlines() if line[:4] in ("├── ", "└── ")]
     assert branches[:4] == ["data", "model", "loss", "optim"] and {"seed: 0", "ckpt_path: null", "extras"} <= set(branches)
     assert "num_classes: 10" in text and "${" not in text   # resolved: model.num_classes came from data
+
+
+@pytest.fixture
+def hydra_job():
+    """Compose ``train`` as Hydra gives it to a job (``mode``: RUN or MULTIRUN) and make it the current HydraConfig."""
+    from hydra.core.hydra_config import HydraConfig
+
+    def _make(mode: RunMode, *overrides: str):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(str(CONF), version_base="1.3"):
+            cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.mode = mode
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    yield _make
+    HydraConfig.instance().cfg = None
+    GlobalHydra.instance().clear()
+
+
+def test_sweep_jobs_share_a_group_are_named_by_their_overrides_and_tagged(hydra_job):
+    job = hydra_job(RunMode.MULTIRUN, "logger=wandb", "loss.terms.kd.weight=0.3", "tags=[fashion]")
+    w = job.logger.wandb
+    assert w.group == f"train-{Path(job.hydra.sweep.dir).name}" and w.group != "train"
+    assert w.name == "loss.terms.kd.weight=0.3,tags=[fashion]"   # logger=... is shared by every job: left out
+    assert list(w.tags) == ["fashion", "multirun"]
+    single = hydra_job(RunMode.RUN, "logger=wandb", "tags=[fashion]").logger.wandb
+    assert (single.group, single.name, list(single.tags)) == ("train", None, ["fashion"])
