@@ -19,6 +19,7 @@ from scan_lightning.evaluate import evaluate
 from scan_lightning.module import MultiExitModule
 from scan_lightning.train import train
 from tests.conftest import CONF
+from tests.wandb_offline import read_run
 
 FAST = ("data=synthetic", "model.backbone.width=0.125", "model.bottleneck_width=8")
 
@@ -133,6 +134,13 @@ def test_wandb_multirun_records_one_offline_run_per_job(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(tmp_path.glob("logs/train/multiruns/*/*/wandb/offline-run-*"))
     assert len(runs) == 2 and runs[0].parent.parent != runs[1].parent.parent
+    records = [read_run(r).run for r in runs]   # one W&B group per sweep, each job named by its own overrides
+    sweep_dir = runs[0].parent.parent.parent.name
+    assert {r.run_group for r in records} == {f"train-{sweep_dir}"}
+    names = sorted(r.display_name for r in records)
+    assert "loss.terms.kd.weight=0.3" in names[0] and "loss.terms.kd.weight=0.7" in names[1]
+    assert "data=synthetic" in names[0] and "logger=" not in names[0]
+    assert all(list(r.tags) == ["multirun"] for r in records)
 
 
 def test_cli_evaluate_rejects_a_missing_checkpoint(tmp_path):

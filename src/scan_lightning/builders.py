@@ -197,14 +197,15 @@ def write_summary(out_dir: Path, metrics: dict[str, float], checkpoint: str | No
     (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
 
 
-def report_exits(module: MultiExitModule, cfg: DictConfig, metrics: dict[str, float], out_dir: Path) -> None:
-    """Log and save the per-exit test table (cumulative MACs, params, top-1)."""
+def report_exits(module: MultiExitModule, cfg: DictConfig, metrics: dict[str, float], out_dir: Path) -> list[dict]:
+    """Log and save the per-exit test table (cumulative MACs, params, top-1); returns its rows."""
     shape = input_shape(cfg.data)
     costs = measure_costs(module.net, shape)
     acc = {name: metrics.get(f"test/acc/{name}") for name in module.metric_names}
     rows = exit_rows(costs, acc)
     log.info(render_exit_table(rows, f"Per-exit test results ({cfg.task_name})", costs.plain_macs))
     (out_dir / "exit_table.json").write_text(json.dumps({"rows": rows, "costs": costs.to_dict()}, indent=2))
+    return rows
 
 
 def save_resolved_config(cfg: DictConfig, out_dir: Path) -> None:

@@ -52,6 +52,35 @@ def _run_id(output_dir: str) -> str:
     return hashlib.sha1(str(Path(output_dir).resolve()).encode()).hexdigest()[:16]
 
 
+def _multirun_job() -> DictConfig | None:
+    """The Hydra config of the multirun job this process runs (``-m``; a sweep); ``None`` for a single run or
+    outside Hydra (tests, Python calls)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    return hydra_cfg if hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN else None
+
+
+def _sweep_group(task_name: str) -> str:
+    """``${sl.sweep_group:${task_name}}``: the W&B group, one per sweep (``<task>-<sweep dir name>``, e.g.
+    ``train-2024-05-01_12-00-00``) so a sweep's jobs compare side by side; a single run's is the task name."""
+    job = _multirun_job()
+    return f"{task_name}-{Path(job.sweep.dir).name}" if job is not None else task_name
+
+
+def _job_name() -> str | None:
+    """``${sl.job_name:}``: a multirun job's W&B run name, its overrides (Hydra's ``override_dirname``, e.g.
+    ``loss.terms.kd.weight=0.3``); ``None`` (W&B's own name) for a single run."""
+    job = _multirun_job()
+    return (job.job.override_dirname or None) if job is not None else None
+
+
+def _sweep_tags(tags: Any) -> list[str]:
+    """``${sl.sweep_tags:${tags}}``: the run's ``tags``, plus ``multirun`` for a sweep's jobs."""
+    return [str(t) for t in (tags or [])] + (["multirun"] if _multirun_job() is not None else [])
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("sl.one_minus"):
         OmegaConf.register_new_resolver("sl.one_minus", _one_minus)
@@ -59,6 +88,9 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("sl.if", _if)
     if not OmegaConf.has_resolver("sl.run_id"):
         OmegaConf.register_new_resolver("sl.run_id", _run_id)
+    for name, resolver in (("sl.sweep_group", _sweep_group), ("sl.job_name", _job_name), ("sl.sweep_tags", _sweep_tags)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 def build(cfg: DictConfig | dict, key: str | None = None, **kwargs: Any) -> Any:

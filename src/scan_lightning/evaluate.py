@@ -3,7 +3,8 @@
 Per-exit table, anytime and budgeted curves, and dynamic inference at saved (``thresholds.json`` next to
 the checkpoint), given, or freshly searched thresholds, with the measured wall clock of the real early-exit
 predictor against the plain network, both in the deployment form (``timing.deploy``), at each
-``timing.batch_sizes``. The same pipeline as the post-fit ``ThresholdSearch`` callback.
+``timing.batch_sizes``. The same pipeline as the post-fit ``ThresholdSearch`` callback. With ``logger=wandb`` the
+per-exit table, figures, budgeted curve and policy go to a W&B run as well (:mod:`scan_lightning.dashboard`).
 """
 from __future__ import annotations
 
@@ -12,15 +13,20 @@ from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger
 
+from scan_lightning.builders import build_group
+from scan_lightning.callbacks.threshold_search import dynamic_metrics
 from scan_lightning.checkpoints import load_module
-from scan_lightning.config import build, config_dir
+from scan_lightning.config import build, config_dir, to_plain
+from scan_lightning.dashboard import log_exit_table, log_post_fit
 from scan_lightning.data.base import input_shape
 from scan_lightning.inference.analysis import check_search
 from scan_lightning.inference.cost import measure_costs
 from scan_lightning.inference.pipeline import check_timing, run_post_fit
 from scan_lightning.inference.policy import model_identity, resolve_policy
 from scan_lightning.logs import get_logger
+from scan_lightning.plots import run_title
 from scan_lightning.report import exit_rows, render_dynamic_summary, render_exit_table
 from scan_lightning.task import cli as run_cli
 from scan_lightning.task import run_entry_point, task_wrapper
@@ -30,11 +36,13 @@ log = get_logger(__name__)
 
 @task_wrapper
 def evaluate(cfg: DictConfig) -> dict:
-    """Load ``cfg.ckpt_path`` (weights_only), rebuild its data from the stored run config, report."""
+    """Load ``cfg.ckpt_path`` (weights_only), rebuild its data from the stored run config, report (to the console
+    and to ``cfg.logger``'s loggers: ``logger=wandb``)."""
     search = OmegaConf.to_container(cfg.search, resolve=True)
     timing = OmegaConf.to_container(cfg.timing, resolve=True)
     check_search(search)
     check_timing(timing)
+    loggers = build_group(cfg.get("logger"))
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.is_file():
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist")
@@ -56,11 +64,26 @@ def evaluate(cfg: DictConfig) -> dict:
                           progress=True)
     acc = {r["exit"]: r["accuracy"] for r in result["anytime"]}
     costs = measure_costs(net, shape)
-    log.info(render_exit_table(exit_rows(costs, acc), f"Per-exit test results ({ckpt.name})", costs.plain_macs))
+    rows = exit_rows(costs, acc)
+    log.info(render_exit_table(rows, f"Per-exit test results ({ckpt.name})", costs.plain_macs))
     log.info(render_dynamic_summary(result))
     if cfg.get("output"):
         Path(cfg.output).write_text(json.dumps(result, indent=2))
+    report(loggers, cfg, rows, result, run_title(module.hparams.get("run_config")))
     return result
+
+
+def report(loggers: list[Logger], cfg: DictConfig, rows: list[dict], result: dict, title: str) -> None:
+    """What ``evaluate`` found, to its loggers (``logger=wandb``): its config, the scalars, the per-exit table and
+    the post-fit figures, budgeted curve and policy (:mod:`scan_lightning.dashboard`)."""
+    for logger in loggers:
+        logger.log_hyperparams(to_plain(cfg))
+        logger.log_metrics(dynamic_metrics(result), step=0)
+    log_exit_table(loggers, rows, step=0)
+    log_post_fit(loggers, result, title, step=0)
+    for logger in loggers:
+        logger.save()
+        logger.finalize("success")
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="evaluate")

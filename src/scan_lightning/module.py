@@ -48,7 +48,7 @@ class MultiExitModule(pl.LightningModule):
                  trainable: list[str] | None = None, teacher_model: dict | None = None, compile: bool = False,
                  channels_last: bool = False) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)   # train() gives the loggers the whole resolved run config instead
         self.net: MultiExitNetwork = build(model, key="model")
         self.criterion: LossComposer = build(loss, key="loss")
         self.criterion.check(self.net.num_exits, self.net.feature_widths)

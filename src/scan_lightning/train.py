@@ -25,10 +25,12 @@ from scan_lightning.builders import (
     save_resolved_config,
     write_summary,
 )
-from scan_lightning.callbacks import InterruptCheckpoint, ThresholdSearch
+from scan_lightning.callbacks import InterruptCheckpoint, ThresholdSearch, WandbDashboard
 from scan_lightning.callbacks.threshold_search import dynamic_metrics
 from scan_lightning.checkpoints import selected_checkpoint
-from scan_lightning.config import ConfigError, RunStopped, config_dir
+from scan_lightning.config import ConfigError, RunStopped, config_dir, to_plain
+from scan_lightning.config_tree import print_config_tree
+from scan_lightning.dashboard import log_checkpoint, log_exit_table
 from scan_lightning.logs import get_logger
 from scan_lightning.phases import run_phases
 from scan_lightning.report import render_dynamic_summary
@@ -64,6 +66,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module, datamodule, trainer = prepare(cfg)
     if rank_zero_only.rank == 0:
         save_resolved_config(cfg, out_dir)
+        if (cfg.get("extras") or {}).get("print_config"):
+            print_config_tree(cfg, out_dir)
+        for logger in trainer.loggers:   # the resolved run config is the run's hyperparameters (W&B: its config)
+            logger.log_hyperparams(to_plain(cfg))
 
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -77,7 +83,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         if trainer.is_global_zero:
-            report_exits(module, cfg, metrics, out_dir)
+            rows = report_exits(module, cfg, metrics, out_dir)
+            log_exit_table(trainer.loggers, rows, step=trainer.global_step)
     search = next((c for c in trainer.callbacks if isinstance(c, ThresholdSearch)), None)
     if search is not None:
         path = ThresholdSearch.result_path(trainer)   # written by rank 0's callback, whatever the strategy
@@ -88,6 +95,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 log.info(render_dynamic_summary(result))
     checkpoint = best or final_checkpoint(trainer, out_dir)   # every rank: saving is collective under DDP
     if trainer.is_global_zero:
+        dashboard = next((c for c in trainer.callbacks if isinstance(c, WandbDashboard)), None)
+        if dashboard is not None and dashboard.log_checkpoint:
+            log_checkpoint(trainer.loggers, checkpoint, ThresholdSearch.result_path(trainer) if search else None)
         write_summary(out_dir, metrics, checkpoint)
     return metrics
 

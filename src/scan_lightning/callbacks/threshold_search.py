@@ -9,10 +9,13 @@ import pytorch_lightning as pl
 import torch
 
 from scan_lightning.checkpoints import network_state, selected_checkpoint
-from scan_lightning.inference.analysis import check_search, exit_names
+from scan_lightning.dashboard import log_post_fit
+from scan_lightning.inference.analysis import check_search
 from scan_lightning.inference.pipeline import check_timing, run_post_fit
 from scan_lightning.logs import get_logger
 from scan_lightning.models.multi_exit import MultiExitNetwork
+from scan_lightning.models.outputs import exit_name, exit_names
+from scan_lightning.plots import run_title
 from scan_lightning.report import render_dynamic_summary
 
 log = get_logger(__name__)
@@ -33,7 +36,8 @@ class ThresholdSearch(pl.Callback):
 
     Writes ``thresholds.json`` (:meth:`result_path`: next to the best checkpoint, or in the run's output dir under
     fast_dev_run) plus two PNG plots, logs the summary, and logs ``test/dynamic/*`` (and ``test/wall/*`` with
-    ``timing.enabled``) through ``trainer.loggers``. Under DDP it reads the whole validation and test sets on
+    ``timing.enabled``) through ``trainer.loggers``; W&B loggers also get the figures, the budgeted curve and the
+    policy (:func:`~scan_lightning.dashboard.log_post_fit`). Under DDP it reads the whole validation and test sets on
     rank 0 alone, so every number counts every sample once.
     """
 
@@ -55,16 +59,14 @@ class ThresholdSearch(pl.Callback):
         out_dir = self.result_path(trainer).parent
         val, test = ((dm.eval_dataloader("val"), dm.eval_dataloader("test")) if hasattr(dm, "eval_dataloader")
                      else (dm.val_dataloader(), dm.test_dataloader()))
+        title = run_title(pl_module.hparams.get("run_config"))
         self.result = run_post_fit(best_network(trainer, pl_module), val, test, self.input_shape, self.search,
-                                   self.timing, out_dir=out_dir, device=pl_module.device)
+                                   self.timing, out_dir=out_dir, device=pl_module.device, title=title)
         log.info(render_dynamic_summary(self.result))
         self.metrics = dynamic_metrics(self.result)
+        log_post_fit(trainer.loggers, self.result, title, step=trainer.global_step)
         for logger in trainer.loggers:
             logger.log_metrics(self.metrics, step=trainer.global_step)
-            if hasattr(logger, "log_image"):
-                for name in ("accuracy_vs_macs", "exit_histogram"):
-                    logger.log_image(key=f"dynamic/{name}", images=[str(out_dir / f"{name}.png")],
-                                     step=trainer.global_step)
             logger.save()
 
 
@@ -84,7 +86,7 @@ def dynamic_metrics(result: dict[str, Any]) -> dict[str, float]:
     metrics.update({f"test/dynamic/exit_frac/{n}": f for n, f in zip(names, t["exit_fractions"])})
     metrics.update({f"val/dynamic/{k}": result["val"][k] for k in ("accuracy", "mean_macs", "speedup_plain")})
     for i, temp in enumerate(result["temperatures"]):
-        metrics[f"val/calibration/temperature/exit{i + 1}"] = temp
+        metrics[f"val/calibration/temperature/{exit_name(i)}"] = temp
     for w in result.get("wall_clock", []):
         metrics[f"test/wall/speedup_batch{w['batch_size']}"] = w["wall_speedup"]
         metrics[f"test/wall/early_exit_images_per_s_batch{w['batch_size']}"] = w["early_exit"]["images_per_s"]

@@ -45,13 +45,13 @@ def check_timing(timing: Mapping[str, Any]) -> None:
 def run_post_fit(net: MultiExitNetwork, val_batches: Iterable, test_batches: Iterable, input_shape: tuple[int, ...],
                  search: Mapping[str, Any], timing: Mapping[str, Any], policy: ExitPolicy | None = None,
                  out_dir: Path | None = None, device: torch.device | str = "cpu",
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: bool = False, title: str = "") -> dict[str, Any]:
     """Everything after training, for one network; returns the ``thresholds.json`` layout.
 
     ``policy``: score these thresholds; ``None``: calibrate and search them on the validation outputs.
     ``timing.enabled``: measure the latency table and the wall clock of the deployment form (``timing.deploy``)
     on the first ``timing.images`` test images; ``search.cost=latency`` needs it. ``out_dir``: write
-    ``thresholds.json`` and the two plots there.
+    ``thresholds.json`` and the two plots (titled ``title``) there.
     """
     check_timing(timing)
     was_training = net.training
@@ -82,6 +82,6 @@ def run_post_fit(net: MultiExitNetwork, val_batches: Iterable, test_batches: Ite
         net.train(was_training)
     if out_dir is not None:
         save_thresholds(result, Path(out_dir) / "thresholds.json")
-        plot_accuracy_vs_macs(result, Path(out_dir) / "accuracy_vs_macs.png")
-        plot_exit_histogram(result, Path(out_dir) / "exit_histogram.png")
+        plot_accuracy_vs_macs(result, Path(out_dir) / "accuracy_vs_macs.png", title)
+        plot_exit_histogram(result, Path(out_dir) / "exit_histogram.png", title)
     return result
