@@ -39,7 +39,7 @@ TINY = ("data=synthetic", "data.image_size=16", "data.batch_size=16", "model.bac
 
 def readme_commands(prefix: str = ".venv/bin/python -m scan_lightning.train") -> list[list[str]]:
     """The overrides of every training command in the README's Sweeps section (one list per command)."""
-    section = README.read_text().split("## Sweeps\n", 1)[1].split("\n## ", 1)[0]
+    section = README.read_text().split("## Sweeps\n", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
