@@ -14,11 +14,23 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 
 class _ContinuingWriter(ExperimentWriter):
-    def _check_log_dir_exists(self) -> None:   # Lightning deletes the file here; continue it instead
+    def _header_on_disk(self) -> list[str]:
         path = Path(self.metrics_file_path)
-        if path.is_file():
-            with path.open(newline="") as f:
-                self.metrics_keys = next(csv.reader(f), [])
+        if not path.is_file():
+            return []
+        with path.open(newline="") as f:
+            return next(csv.reader(f), [])
+
+    def _check_log_dir_exists(self) -> None:   # Lightning deletes the file here; continue it instead
+        self.metrics_keys = self._header_on_disk()
+
+    def save(self) -> None:
+        """Another process may have written the file since this writer read its header (``ddp_spawn``: fit and test
+        run in children, each with a copy of the parent's writer): continue the header that is on disk."""
+        if self.metrics:
+            on_disk = self._header_on_disk()
+            self.metrics_keys = on_disk + [k for k in self.metrics_keys if k not in on_disk]
+        super().save()
 
 
 class CSVLogger(LightningCSVLogger):
