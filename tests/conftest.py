@@ -1,30 +1,14 @@
-"""Shared fixtures: compose the real configs into a tmp output dir, small synthetic data by default."""
+"""Shared fixtures: compose the real configs into a tmp output dir, small synthetic data by default. The helpers
+they use live in ``tests/helpers``."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from scan_lightning.config import config_dir
+pytest.register_assert_rewrite("tests.helpers")   # plain asserts in the helpers report their values too
 
-CONF = config_dir()
-
-
-def compose_cfg(overrides: list[str], tmp_path: Path) -> DictConfig:
-    """Compose ``train.yaml`` with overrides; outputs and data under ``tmp_path``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "out")
-        cfg.paths.data_dir = str(tmp_path / "data")
-        cfg.paths.log_dir = str(tmp_path / "logs")
-    GlobalHydra.instance().clear()
-    return cfg
+from tests.helpers.compose import compose_cfg
 
 
 @pytest.fixture

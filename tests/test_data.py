@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gzip
-import pickle
 import struct
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from torchvision import datasets
 
 from scan_lightning.data import CIFARDataModule, FashionMNISTDataModule, SyntheticDataModule
 from scan_lightning.data.fashion_mnist import IDX_FILES
+from tests.helpers.images import write_cifar100
 
 COMMON = dict(batch_size=8, num_workers=0, seed=3)
 
@@ -80,20 +80,6 @@ def test_val_size_too_large(tmp_path):
     dm.prepare_data()
     with pytest.raises(ValueError, match="data.val_size=60 must be smaller than the training set"):
         dm.setup("fit")
-
-
-def write_cifar100(root: Path, n_train: int = 40, n_test: int = 10) -> None:
-    """The CIFAR-100 python pickles in torchvision's layout, with random pixels."""
-    base = root / datasets.CIFAR100.base_folder
-    base.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name, n in (("train", n_train), ("test", n_test)):
-        data = {"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
-                "fine_labels": [int(i % 100) for i in range(n)]}
-        with open(base / name, "wb") as f:
-            pickle.dump(data, f)
-    with open(base / "meta", "wb") as f:
-        pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)]}, f)
 
 
 def test_cifar100_through_torchvision(tmp_path, monkeypatch):

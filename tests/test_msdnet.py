@@ -13,9 +13,8 @@ from scan_lightning.inference import measure_costs
 from scan_lightning.inference.deploy import fold_batchnorm
 from scan_lightning.models import MultiExitNetwork, build_backbone
 from scan_lightning.train import train
-from tests.test_data import write_cifar100
-from tests.test_inference import assert_predictor_matches_median_thresholds
-from tests.test_zoo import make_image_folder
+from tests.helpers.images import make_image_folder, write_cifar100
+from tests.helpers.references import assert_predictor_matches_median_thresholds
 
 # method-facts.md and IMTA Table 1: cumulative M ops per exit on CIFAR-100 (conv+linear MACs, ReLU/pool element
 # counts, every earlier exit included)

@@ -15,14 +15,13 @@ from scan_lightning.inference.deploy import deploy
 from scan_lightning.inference.predictor import EarlyExitPredictor
 from scan_lightning.module import MultiExitModule
 from scan_lightning.train import train
-from tests.test_train import FAST
+from tests.helpers.compose import compose_cfg
+from tests.helpers.runs import FAST
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny fast_dev_run checkpoint and the thresholds.json its post-fit search wrote."""
-    from tests.conftest import compose_cfg
-
     tmp = tmp_path_factory.mktemp("serving")
     cfg = compose_cfg([*FAST, "trainer.fast_dev_run=true", "timing.enabled=false", "search.ga.generations=3"], tmp)
     train(cfg)

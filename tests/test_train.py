@@ -12,15 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from scan_lightning.evaluate import evaluate
 from scan_lightning.module import MultiExitModule
 from scan_lightning.train import train
-from tests.conftest import CONF
-
-FAST = ("data=synthetic", "model.backbone.width=0.125", "model.bottleneck_width=8")
+from tests.helpers.compose import compose_evaluate
+from tests.helpers.runs import FAST, run_cli
 
 
 def test_fast_dev_run_trains_and_tests(make_cfg, caplog):
@@ -71,33 +68,19 @@ def test_short_run_leaves_config_checkpoint_and_per_exit_csv(make_cfg, tmp_path)
     assert metrics["test/wall/speedup_batch1"] > 0
 
     # the evaluate command on that checkpoint: saved thresholds, then given ones
-    ev = compose_evaluate(tmp_path, f"ckpt_path={ckpt}", "timing.images=32", "timing.repeats=1")
+    ev = compose_evaluate(f"ckpt_path={ckpt}", "timing.images=32", "timing.repeats=1")
     saved = evaluate(ev)
     assert saved["thresholds"] == result["thresholds"]
     assert saved["test"]["accuracy"] == pytest.approx(result["test"]["accuracy"])
-    given = evaluate(compose_evaluate(tmp_path, f"ckpt_path={ckpt}", "thresholds=[1.0,1.0,1.0,0.01]",
+    given = evaluate(compose_evaluate(f"ckpt_path={ckpt}", "thresholds=[1.0,1.0,1.0,0.01]",
                                       "timing.images=32", "timing.repeats=1"))
     assert given["test"]["exit_fractions"][3] == 1.0
     assert given["test"]["accuracy"] == pytest.approx(metrics["test/acc/exit4"])
     with pytest.raises(ValueError, match="got 3 thresholds"):
-        evaluate(compose_evaluate(tmp_path, f"ckpt_path={ckpt}", "thresholds=[0.9,0.9,0.9]"))
+        evaluate(compose_evaluate(f"ckpt_path={ckpt}", "thresholds=[0.9,0.9,0.9]"))
     (out / "other.json").write_text(json.dumps({"num_exits": 3, "thresholds": [0.9] * 3}))
     with pytest.raises(ValueError, match="another model"):
-        evaluate(compose_evaluate(tmp_path, f"ckpt_path={ckpt}", f"thresholds_path={out / 'other.json'}"))
-
-
-def compose_evaluate(tmp_path: Path, *overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("evaluate", overrides=list(overrides))
-    GlobalHydra.instance().clear()
-    return cfg
-
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SCAN_ROOT": str(cwd), "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "-m", "scan_lightning.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+        evaluate(compose_evaluate(f"ckpt_path={ckpt}", f"thresholds_path={out / 'other.json'}"))
 
 
 def test_cli_paper_experiment_fast_dev_run_on_synthetic_data(tmp_path):
