@@ -27,6 +27,7 @@ from scan_lightning.inference.export import (
 )
 from scan_lightning.models import MultiExitNetwork, build_backbone
 from tests.helpers.compose import compose_cfg, compose_export
+from tests.helpers.networks import small_msdnet
 
 ONNX_RUNNER = Path(__file__).resolve().parents[1] / "src" / "scan_lightning" / "inference" / "onnx_runner.py"
 BATCH = 64
@@ -37,10 +38,8 @@ def resnet(**kw) -> tuple[MultiExitNetwork, tuple[int, int, int]]:
 
 
 def msdnet(blocks: int = 3, **kw) -> tuple[MultiExitNetwork, tuple[int, int, int]]:
-    """A tiny MSDNet (as in test_msdnet): 3 scales, one exit per block, MSDNet classifiers."""
-    backbone = build_backbone("msdnet", num_blocks=blocks, base=1, step=1, channels=4, growth=2)
-    return MultiExitNetwork(backbone, 5, head="msdnet", deep_head="msdnet", attention=False, bottleneck_width=8,
-                            **kw), (3, 16, 16)
+    """A tiny MSDNet: 3 scales, one exit per block, MSDNet classifiers."""
+    return small_msdnet(num_blocks=blocks, **kw), (3, 16, 16)
 
 
 # name -> (network, input shape); the policies' fallback and temperatures vary across them
