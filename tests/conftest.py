@@ -1,6 +1,8 @@
-"""Shared fixtures: compose the real configs into a tmp output dir, small synthetic data by default. The helpers
-they use live in ``tests/helpers``."""
+"""Shared fixtures: compose the real configs into a tmp output dir, small synthetic data by default; one short
+training run shared by the tests of what a finished run leaves. The helpers they use live in ``tests/helpers``."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +10,9 @@ from omegaconf import DictConfig
 
 pytest.register_assert_rewrite("tests.helpers")   # plain asserts in the helpers report their values too
 
+from scan_lightning.train import train
 from tests.helpers.compose import compose_cfg
+from tests.helpers.runs import FAST, ShortRun
 
 
 @pytest.fixture
@@ -22,3 +26,14 @@ def make_cfg(tmp_path):
 def _small_torch():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def short_run(tmp_path_factory) -> ShortRun:
+    """Two epochs of a FAST run on synthetic data with the default callbacks (post-fit threshold search, plots,
+    wall clock) and the CSV logger. Trained once per session, on first use; tests only read it (test_train,
+    test_checkpoint, test_callback, test_report, test_plots, test_evaluate)."""
+    cfg = compose_cfg([*FAST, "trainer.max_epochs=2"], tmp_path_factory.mktemp("short_run"))
+    torch.manual_seed(0)
+    metrics = train(cfg)
+    return ShortRun(cfg, Path(cfg.paths.output_dir), metrics)

@@ -13,6 +13,7 @@ from torchvision import datasets
 from scan_lightning.data import CIFARDataModule, FashionMNISTDataModule, SyntheticDataModule
 from scan_lightning.data.fashion_mnist import IDX_FILES
 from tests.helpers.images import write_cifar100
+from tests.helpers.runs import run_cli
 
 COMMON = dict(batch_size=8, num_workers=0, seed=3)
 
@@ -133,3 +134,9 @@ def test_broken_idx_files_are_one_clear_error_before_training(tmp_path, damage, 
         (raw / "train-images-idx3-ubyte").write_bytes(b"<html>not found</html>")
     with pytest.raises(ValueError, match=needle):
         fashion(tmp_path).prepare_data()
+
+
+def test_cli_missing_dataset_is_one_clear_error(tmp_path):
+    proc = run_cli("data.source_dir=" + str(tmp_path / "no_debian_files"), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "apt-get install dataset-fashion-mnist" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,11 +1,13 @@
 """Threshold searches. inference/search.py: SCAN's genetic algorithm (the known optimum of a constructed case,
 gene decoding, fitness vectorised over the population, the baseline accuracy read from a baseline run) and the
 budgeted search (MSDNet's protocol). inference/analysis.py: the fallback choice, search_and_score with the latency
-cost and with calibration, picking a budget, and the scorer's speed-ups."""
+cost and with calibration, picking a budget, and the scorer's speed-ups. Bad search settings stop a run before
+training."""
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +24,7 @@ from scan_lightning.inference import (
 )
 from scan_lightning.inference.analysis import Scorer, pick_budget, resolve_fallback, search_and_score
 from scan_lightning.inference.latency import LatencyTable
+from scan_lightning.train import ConfigError, train
 
 
 # --- SCAN's genetic algorithm -------------------------------------------------------------------------------
@@ -101,6 +104,18 @@ def test_ga_baseline_read_from_a_baseline_run_is_its_selected_validation_accurac
     assert from_run.fitness == pytest.approx(given.fitness) and from_run.thresholds == given.thresholds
     with pytest.raises(FileNotFoundError, match="no finished run there"):
         genetic_search(cache, em, baseline=str(tmp_path / "nowhere"), **kwargs)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("search.fallback=best", "fallback='best'"),
+    ("search.ga.population=1", "search.ga.population=1 is out of range"),
+    ("search.ga.baseline=fastest", "search.ga.baseline='fastest'"),
+])
+def test_bad_search_settings_stop_before_training(make_cfg, override, needle):
+    cfg = make_cfg("data=synthetic", override)
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "config_resolved.yaml").exists()  # nothing ran or was written
 
 
 # --- the budgeted search -----------------------------------------------------------------------------------

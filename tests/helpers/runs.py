@@ -1,14 +1,18 @@
-"""Running training as a user does: the smallest settings that still train, the CLI in a subprocess, and a
-callback that stops a run with SIGTERM at a chosen step."""
+"""Running training as a user does: the smallest settings that still train, the CLI in a subprocess, a finished
+short run's artefacts, and a callback that stops a run with SIGTERM at a chosen step."""
 from __future__ import annotations
 
+import csv
+import json
 import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
+from omegaconf import DictConfig
 
 # the smallest network that still learns the synthetic classes
 FAST = ("data=synthetic", "model.backbone.width=0.125", "model.bottleneck_width=8")
@@ -40,3 +44,27 @@ class SigtermAtStep(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+@dataclass(frozen=True)
+class ShortRun:
+    """A finished training run (the ``short_run`` fixture): its config, output dir and returned metrics."""
+
+    cfg: DictConfig
+    out: Path
+    metrics: dict[str, float]
+
+    @property
+    def ckpt(self) -> Path:
+        return self.out / "checkpoints" / "last.ckpt"
+
+    @property
+    def csv_columns(self) -> list[str]:
+        """The header of the CSV logger's metrics file."""
+        with open(self.out / "csv" / "metrics.csv") as f:
+            return next(csv.reader(f))
+
+    @property
+    def thresholds(self) -> dict:
+        """The post-fit search's result, ``thresholds.json`` next to the best checkpoint."""
+        return json.loads((self.out / "checkpoints" / "thresholds.json").read_text())
