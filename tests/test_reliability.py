@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import time
 from pathlib import Path
@@ -11,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from scan_lightning.checkpoints import load_module
 from scan_lightning.config import ConfigError, RunStopped
 from scan_lightning.module import TrainingDiverged
 from scan_lightning.train import train
@@ -91,29 +89,6 @@ def test_bad_input_is_one_clear_error_before_work_starts(make_cfg, override, nee
     assert not Path(cfg.paths.output_dir).exists()   # nothing written
 
 
-def test_foreign_or_corrupt_checkpoints_are_refused_by_name(make_cfg, tmp_path):
-    garbage = tmp_path / "random.ckpt"
-    garbage.write_bytes(os.urandom(4096))
-    foreign = tmp_path / "foreign.ckpt"
-    torch.save({"weights": torch.zeros(3)}, foreign)
-    for path, needle in ((garbage, "cannot be read as plain data"), (foreign, "is not a scan_lightning checkpoint")):
-        with pytest.raises(ConfigError, match=needle):
-            train(make_cfg(*FAST, f"init_from={path}"))
-        with pytest.raises(ValueError, match=needle):
-            load_module(path)
-
-
-def test_last_checkpoint_is_the_latest_epoch_even_when_the_metric_did_not_improve(make_cfg):
-    # whichever epoch is best by the monitored metric, last.ckpt holds the latest one
-    cfg = make_cfg(*FAST, "trainer.max_epochs=3", "trainer.limit_train_batches=2", "timing.enabled=false",
-                   "callbacks.model_checkpoint.monitor=train/loss/total", "callbacks.model_checkpoint.mode=max",
-                   "~callbacks.threshold_search", "test=false")
-    train(cfg)
-    ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
-    last = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=True)
-    assert last["epoch"] == 2 and last["global_step"] == 6
-
-
 def test_run_killed_mid_training_resumes_to_the_same_weights_and_metrics(tmp_path):
     """SIGKILL (no handler can run) after the first epoch's checkpoint, resume from last.ckpt in the same run dir:
     the final weights and metrics equal those of an uninterrupted run of the same seed."""
@@ -145,37 +120,6 @@ def test_run_killed_mid_training_resumes_to_the_same_weights_and_metrics(tmp_pat
     assert max((w_whole[k].double() - w_resumed[k].double()).abs().max().item() for k in w_whole) <= 1e-6
     for key in ("val/acc/ensemble", "test/acc/exit1", "test/acc/ensemble", "test/loss/total"):
         assert m_resumed[key] == pytest.approx(m_whole[key], abs=1e-6), key
-
-
-def test_thresholds_saved_for_another_model_are_refused(tmp_path):
-    from scan_lightning.inference.policy import ExitPolicy
-
-    saved = tmp_path / "thresholds.json"
-    saved.write_text(json.dumps({"thresholds": [0.9, 0.9, 0.9, 0.9], "fallback": "ensemble",
-                                 "model": {"input_shape": [1, 28, 28], "num_exits": 4, "num_classes": 10}}))
-    same = {"input_shape": [1, 28, 28], "num_exits": 4, "num_classes": 10}
-    assert ExitPolicy.load(saved, 4, same).thresholds == (0.9, 0.9, 0.9, 0.9)
-    with pytest.raises(ValueError, match=r"was searched for another model \(input_shape \[1, 28, 28\]; this model: "
-                                         r"\[3, 32, 32\]\)"):
-        ExitPolicy.load(saved, 4, {**same, "input_shape": [3, 32, 32]})
-    with pytest.raises(ValueError, match=r"num_classes 10; this model: 100"):
-        ExitPolicy.load(saved, 4, {**same, "num_classes": 100})
-    saved.write_text("{not json")
-    with pytest.raises(ValueError, match=f"{saved} is not valid JSON"):
-        ExitPolicy.load(saved, 4)
-
-
-def test_wandb_run_id_follows_the_run_directory(make_cfg, tmp_path):
-    """A run resumed in its own directory continues its W&B run; any other directory starts its own."""
-    from omegaconf import open_dict
-
-    first = make_cfg("logger=wandb")
-    again = make_cfg("logger=wandb")
-    other = make_cfg("logger=wandb")
-    with open_dict(other):
-        other.paths.output_dir = str(tmp_path / "elsewhere")
-    assert first.logger.wandb.id == again.logger.wandb.id != other.logger.wandb.id
-    assert first.logger.wandb.resume == "allow"
 
 
 @pytest.mark.parametrize("override,needle", [
