@@ -1,4 +1,5 @@
-"""DataModules: real torchvision loading code on small generated files; the held-out validation split."""
+"""DataModules (data/): real torchvision loading code on small generated files (Fashion-MNIST IDX, CIFAR-100,
+synthetic); the held-out validation split; missing or broken files are one clear error, from the CLI too."""
 from __future__ import annotations
 
 import gzip

@@ -1,4 +1,6 @@
-"""IMTA techniques: Gradient Equilibrium."""
+"""IMTA's training techniques: Gradient Equilibrium (IMTA Eq. 5: each section receives the mean of the gradients
+of the exits behind it; on ResNet and on MSDNet), Inline Subnetwork Collaboration (ISC: identity or linear, detached
+or not; real early exit with it) and the One-For-All distillation term (against the KL written out by hand)."""
 from __future__ import annotations
 
 import pytest
