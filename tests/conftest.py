@@ -1,30 +1,18 @@
-"""Shared fixtures: compose the real configs into a tmp output dir, small synthetic data by default."""
+"""Shared fixtures: compose the real configs into a tmp output dir, small synthetic data by default; one short
+training run shared by the tests of what a finished run leaves. The helpers they use live in ``tests/helpers``."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from scan_lightning.config import config_dir
+pytest.register_assert_rewrite("tests.helpers")   # plain asserts in the helpers report their values too
 
-CONF = config_dir()
-
-
-def compose_cfg(overrides: list[str], tmp_path: Path) -> DictConfig:
-    """Compose ``train.yaml`` with overrides; outputs and data under ``tmp_path``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "out")
-        cfg.paths.data_dir = str(tmp_path / "data")
-        cfg.paths.log_dir = str(tmp_path / "logs")
-    GlobalHydra.instance().clear()
-    return cfg
+from scan_lightning.train import train
+from tests.helpers.compose import compose_cfg
+from tests.helpers.runs import FAST, ShortRun
 
 
 @pytest.fixture
@@ -38,3 +26,14 @@ def make_cfg(tmp_path):
 def _small_torch():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def short_run(tmp_path_factory) -> ShortRun:
+    """Two epochs of a FAST run on synthetic data with the default callbacks (post-fit threshold search, plots,
+    wall clock) and the CSV logger. Trained once per session, on first use; tests only read it (test_train,
+    test_checkpoint, test_callback, test_report, test_plots, test_evaluate)."""
+    cfg = compose_cfg([*FAST, "trainer.max_epochs=2"], tmp_path_factory.mktemp("short_run"))
+    torch.manual_seed(0)
+    metrics = train(cfg)
+    return ShortRun(cfg, Path(cfg.paths.output_dir), metrics)

@@ -7,12 +7,8 @@ from hydra.errors import MissingConfigException
 
 from scan_lightning.builders import build_group, build_module
 from scan_lightning.config import build
-from tests.conftest import CONF
-from tests.image_folders import write_class_folders
-
-
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+from tests.helpers.compose import CONF, options
+from tests.helpers.images import write_class_folders
 
 
 def test_every_group_has_options():

@@ -1,8 +1,8 @@
-"""DataModules: real torchvision loading code on small generated files; the held-out validation split."""
+"""DataModules (data/): real torchvision loading code on small generated files (Fashion-MNIST IDX, CIFAR-100,
+synthetic); the held-out validation split; missing or broken files are one clear error, from the CLI too."""
 from __future__ import annotations
 
 import gzip
-import pickle
 import struct
 from pathlib import Path
 
@@ -13,6 +13,8 @@ from torchvision import datasets
 
 from scan_lightning.data import CIFARDataModule, FashionMNISTDataModule, SyntheticDataModule
 from scan_lightning.data.fashion_mnist import IDX_FILES
+from tests.helpers.images import write_cifar100
+from tests.helpers.runs import run_cli
 
 COMMON = dict(batch_size=8, num_workers=0, seed=3)
 
@@ -82,20 +84,6 @@ def test_val_size_too_large(tmp_path):
         dm.setup("fit")
 
 
-def write_cifar100(root: Path, n_train: int = 40, n_test: int = 10) -> None:
-    """The CIFAR-100 python pickles in torchvision's layout, with random pixels."""
-    base = root / datasets.CIFAR100.base_folder
-    base.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name, n in (("train", n_train), ("test", n_test)):
-        data = {"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
-                "fine_labels": [int(i % 100) for i in range(n)]}
-        with open(base / name, "wb") as f:
-            pickle.dump(data, f)
-    with open(base / "meta", "wb") as f:
-        pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)]}, f)
-
-
 def test_cifar100_through_torchvision(tmp_path, monkeypatch):
     write_cifar100(tmp_path)
     # the generated files cannot match torchvision's md5 sums of the real archive
@@ -147,3 +135,9 @@ def test_broken_idx_files_are_one_clear_error_before_training(tmp_path, damage, 
         (raw / "train-images-idx3-ubyte").write_bytes(b"<html>not found</html>")
     with pytest.raises(ValueError, match=needle):
         fashion(tmp_path).prepare_data()
+
+
+def test_cli_missing_dataset_is_one_clear_error(tmp_path):
+    proc = run_cli("data.source_dir=" + str(tmp_path / "no_debian_files"), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "apt-get install dataset-fashion-mnist" in proc.stderr and "Traceback" not in proc.stderr

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from scan_lightning.evaluate import evaluate
-from tests.test_train import compose_evaluate, run_cli
+from tests.helpers.compose import compose_evaluate
+from tests.helpers.runs import run_cli
 
 TEST_SAMPLES = 101   # odd: a padding sampler would evaluate one test image twice
 
@@ -29,7 +30,7 @@ def test_ddp_reports_each_test_image_once(ddp_run):
     summary = json.loads((run_dir / "summary.json").read_text())
     metrics = summary["metrics"]
     # a single process evaluating the same checkpoint on the whole test set gives the same accuracies
-    single = evaluate(compose_evaluate(root, f"ckpt_path={summary['checkpoint']}", "timing.enabled=false"))
+    single = evaluate(compose_evaluate(f"ckpt_path={summary['checkpoint']}", "timing.enabled=false"))
     for row in single["anytime"]:
         assert 0.0 < row["accuracy"] < 1.0
         assert metrics[f"test/acc/{row['exit']}"] == pytest.approx(row["accuracy"], abs=1e-6), row["exit"]

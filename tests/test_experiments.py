@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from scan_lightning.train import train
-from tests.test_configs import options
+from tests.helpers.compose import CONF, options
 
 OVERLAYS = options("experiment")
 # one per family in the default run; the rest (deep ResNets, VGG19, WRN-44, the ImageNet sizes) with `make test-slow`
@@ -74,8 +74,6 @@ def _fake_run(root, task: str, accs: list[float], ga: tuple[float, float] | None
 
 def test_paper_table_collector_puts_the_paper_beside_our_runs(tmp_path):
     import importlib.util
-
-    from tests.conftest import CONF
 
     spec = importlib.util.spec_from_file_location("scan_paper_table", CONF.parent / "experiments" / "scan_paper_table.py")
     collector = importlib.util.module_from_spec(spec)

@@ -13,8 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from scan_lightning.export import export
 from scan_lightning.inference import EarlyExitPredictor, ExitPolicy, exit_confidence, measure_costs
@@ -28,7 +26,8 @@ from scan_lightning.inference.export import (
     load_torchscript,
 )
 from scan_lightning.models import MultiExitNetwork, build_backbone
-from tests.conftest import CONF, compose_cfg
+from tests.helpers.compose import compose_cfg, compose_export
+from tests.helpers.networks import small_msdnet
 
 ONNX_RUNNER = Path(__file__).resolve().parents[1] / "src" / "scan_lightning" / "inference" / "onnx_runner.py"
 BATCH = 64
@@ -39,10 +38,8 @@ def resnet(**kw) -> tuple[MultiExitNetwork, tuple[int, int, int]]:
 
 
 def msdnet(blocks: int = 3, **kw) -> tuple[MultiExitNetwork, tuple[int, int, int]]:
-    """A tiny MSDNet (as in test_msdnet): 3 scales, one exit per block, MSDNet classifiers."""
-    backbone = build_backbone("msdnet", num_blocks=blocks, base=1, step=1, channels=4, growth=2)
-    return MultiExitNetwork(backbone, 5, head="msdnet", deep_head="msdnet", attention=False, bottleneck_width=8,
-                            **kw), (3, 16, 16)
+    """A tiny MSDNet: 3 scales, one exit per block, MSDNet classifiers."""
+    return small_msdnet(num_blocks=blocks, **kw), (3, 16, 16)
 
 
 # name -> (network, input shape); the policies' fallback and temperatures vary across them
@@ -270,14 +267,6 @@ def test_onnx_runner_bad_input(tmp_path):
 
 
 # --- the export command -----------------------------------------------------------------------------------
-def compose_export(*overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("export", overrides=list(overrides))
-    GlobalHydra.instance().clear()
-    return cfg
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A tiny trained checkpoint (fast_dev_run on synthetic data) with the thresholds.json of its search."""

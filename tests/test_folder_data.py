@@ -18,8 +18,8 @@ from scan_lightning.data import FolderDataModule
 from scan_lightning.export import export
 from scan_lightning.task import run_entry_point
 from scan_lightning.train import train
-from tests.image_folders import CLASSES, write_class_folders, write_split_folders
-from tests.test_export import compose_export
+from tests.helpers.compose import compose_export
+from tests.helpers.images import CLASSES, write_class_folders, write_split_folders
 
 COMMON = dict(image_size=8, batch_size=4, num_workers=0, seed=0)
 

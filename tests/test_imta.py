@@ -1,4 +1,6 @@
-"""IMTA techniques: Gradient Equilibrium."""
+"""IMTA's training techniques: Gradient Equilibrium (IMTA Eq. 5: each section receives the mean of the gradients
+of the exits behind it; on ResNet and on MSDNet), Inline Subnetwork Collaboration (ISC: identity or linear, detached
+or not; real early exit with it) and the One-For-All distillation term (against the KL written out by hand)."""
 from __future__ import annotations
 
 import pytest
@@ -73,7 +75,7 @@ def test_ge_leaves_the_forward_and_head_gradients_unchanged():
 def test_one_for_all_matches_hand_computation():
     from scan_lightning.losses import OneForAll
     from scan_lightning.models.outputs import ExitOutputs
-    from tests.test_losses import hand_kl
+    from tests.helpers.references import hand_kl
 
     g = torch.Generator().manual_seed(3)
     logits = [torch.randn(4, 6, generator=g, requires_grad=True) for _ in range(3)]
@@ -97,7 +99,7 @@ def test_one_for_all_with_a_frozen_teacher_reads_the_teacher_argument():
     """The frozen network's logits reach the composer as their own argument, beside the student's outputs."""
     from scan_lightning.losses import LossComposer, OneForAll
     from scan_lightning.models.outputs import ExitOutputs
-    from tests.test_losses import hand_kl
+    from tests.helpers.references import hand_kl
 
     g = torch.Generator().manual_seed(4)
     logits = [torch.randn(4, 6, generator=g) for _ in range(3)]
@@ -126,7 +128,7 @@ def test_isc_detached_blocks_gradient_to_the_previous_exit(isc, detach):
 
 
 def test_isc_predictor_equals_compute_all_then_choose():
-    from tests.test_inference import assert_predictor_matches_median_thresholds
+    from tests.helpers.references import assert_predictor_matches_median_thresholds
 
     torch.manual_seed(1)
     net = MultiExitNetwork(build_backbone("resnet18", width=0.125), 3, bottleneck_width=8, isc="linear").eval()

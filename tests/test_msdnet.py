@@ -1,4 +1,6 @@
-"""MSDNet: reference MACs per exit, He init, GE on the coarsest scale, real early exit, fast_dev_runs."""
+"""MSDNet (models/msdnet.py): reference MACs per exit, ImageNet geometry, He init, real early exit and BatchNorm
+folding on multi-scale sections, fast_dev_runs on CIFAR-100 and ImageNet layouts, the feature hint refused on
+unequal exit widths, describe in the op-counter convention."""
 from __future__ import annotations
 
 import math
@@ -13,23 +15,17 @@ from scan_lightning.inference import measure_costs
 from scan_lightning.inference.deploy import fold_batchnorm
 from scan_lightning.models import MultiExitNetwork, build_backbone
 from scan_lightning.train import train
-from tests.test_data import write_cifar100
-from tests.test_inference import assert_predictor_matches_median_thresholds
-from tests.test_zoo import make_image_folder
+from tests.helpers.images import make_image_folder, write_cifar100
+from tests.helpers.networks import small_msdnet
+from tests.helpers.references import assert_predictor_matches_median_thresholds
 
-# method-facts.md and IMTA Table 1: cumulative M ops per exit on CIFAR-100 (conv+linear MACs, ReLU/pool element
-# counts, every earlier exit included)
+# cumulative M ops per exit on CIFAR-100 as the MSDNet/IMTA public op counter reports them (conv + linear MACs
+# plus ReLU/pool element counts, every earlier exit included); msdnet_cifar_imta's seven are IMTA Table 1's
 REFERENCE = {
     "msdnet_cifar_anytime": [15.14, 25.51, 37.10, 46.33, 57.34, 66.96, 75.94],
     "msdnet_cifar_budgeted": [6.86, 14.35, 27.54, 41.71, 58.48],
     "msdnet_cifar_imta": [6.86, 14.35, 27.29, 48.45, 76.43, 108.9, 137.3],   # IMTA Table 1, as printed
 }
-
-
-def small_msdnet(num_classes: int = 5, **kw) -> MultiExitNetwork:
-    backbone = build_backbone("msdnet", num_blocks=3, base=1, step=1, channels=4, growth=2)
-    return MultiExitNetwork(backbone, num_classes, head="msdnet", deep_head="msdnet", attention=False,
-                            bottleneck_width=8, **kw)
 
 
 @pytest.mark.parametrize("model", sorted(REFERENCE))

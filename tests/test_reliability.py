@@ -3,22 +3,18 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
 
-from scan_lightning.checkpoints import load_module
 from scan_lightning.config import ConfigError, RunStopped
 from scan_lightning.module import TrainingDiverged
 from scan_lightning.train import train
-from tests.test_train import FAST, run_cli
+from tests.helpers.compose import compose_cfg
+from tests.helpers.runs import FAST, run_cli, start_run
 
 
 def test_nan_loss_stops_the_run_naming_step_and_exits(make_cfg):
@@ -39,17 +35,9 @@ def test_cli_diverging_run_exits_non_zero_with_the_reason(tmp_path):
     assert "Run stopped: training diverged at step" in proc.stderr
 
 
-def _start_run(tmp_path: Path, *args: str) -> subprocess.Popen:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "SCAN_ROOT": str(tmp_path), "HYDRA_FULL_ERROR": "0"}
-    return subprocess.Popen([sys.executable, "-m", "scan_lightning.train", *FAST, "timing.enabled=false",
-                             "logger=csv", "hydra.run.dir=" + str(tmp_path / "run"), *args],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_a_checkpoint_and_a_partial_summary_then_resumes(tmp_path, sig):
-    proc = _start_run(tmp_path, "trainer.max_epochs=200")
+    proc = start_run(tmp_path, "trainer.max_epochs=200")
     ckpt_dir = tmp_path / "run" / "checkpoints"
     deadline = time.monotonic() + 240
     while not (ckpt_dir / "last.ckpt").is_file():   # an epoch has finished: training is under way
@@ -67,7 +55,7 @@ def test_signal_saves_a_checkpoint_and_a_partial_summary_then_resumes(tmp_path, 
     metrics_csv = tmp_path / "run" / "csv" / "metrics.csv"
     before = metrics_csv.read_text().splitlines()
     # the run resumes from it in the same directory and finishes, keeping what the first attempt wrote
-    resumed = _start_run(tmp_path, f"trainer.max_epochs={saved['epoch'] + 2}", f"ckpt_path={summary['checkpoint']}")
+    resumed = start_run(tmp_path, f"trainer.max_epochs={saved['epoch'] + 2}", f"ckpt_path={summary['checkpoint']}")
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr[-2000:]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "finished"
@@ -101,37 +89,14 @@ def test_bad_input_is_one_clear_error_before_work_starts(make_cfg, override, nee
     assert not Path(cfg.paths.output_dir).exists()   # nothing written
 
 
-def test_foreign_or_corrupt_checkpoints_are_refused_by_name(make_cfg, tmp_path):
-    garbage = tmp_path / "random.ckpt"
-    garbage.write_bytes(os.urandom(4096))
-    foreign = tmp_path / "foreign.ckpt"
-    torch.save({"weights": torch.zeros(3)}, foreign)
-    for path, needle in ((garbage, "cannot be read as plain data"), (foreign, "is not a scan_lightning checkpoint")):
-        with pytest.raises(ConfigError, match=needle):
-            train(make_cfg(*FAST, f"init_from={path}"))
-        with pytest.raises(ValueError, match=needle):
-            load_module(path)
-
-
-def test_last_checkpoint_is_the_latest_epoch_even_when_the_metric_did_not_improve(make_cfg):
-    # whichever epoch is best by the monitored metric, last.ckpt holds the latest one
-    cfg = make_cfg(*FAST, "trainer.max_epochs=3", "trainer.limit_train_batches=2", "timing.enabled=false",
-                   "callbacks.model_checkpoint.monitor=train/loss/total", "callbacks.model_checkpoint.mode=max",
-                   "~callbacks.threshold_search", "test=false")
-    train(cfg)
-    ckpt_dir = Path(cfg.paths.output_dir) / "checkpoints"
-    last = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=True)
-    assert last["epoch"] == 2 and last["global_step"] == 6
-
-
 def test_run_killed_mid_training_resumes_to_the_same_weights_and_metrics(tmp_path):
     """SIGKILL (no handler can run) after the first epoch's checkpoint, resume from last.ckpt in the same run dir:
     the final weights and metrics equal those of an uninterrupted run of the same seed."""
     args = ("trainer.max_epochs=3", "~callbacks.threshold_search", "data.train_samples=640")
-    whole = _start_run(tmp_path / "whole", *args)
+    whole = start_run(tmp_path / "whole", *args)
     assert whole.wait(timeout=300) == 0, whole.communicate()[1][-2000:]
 
-    killed = _start_run(tmp_path / "killed", *args)
+    killed = start_run(tmp_path / "killed", *args)
     last = tmp_path / "killed" / "run" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 240
     while not last.is_file():
@@ -141,7 +106,7 @@ def test_run_killed_mid_training_resumes_to_the_same_weights_and_metrics(tmp_pat
     killed.kill()
     killed.wait(timeout=60)
     epoch_at_kill = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
-    resumed = _start_run(tmp_path / "killed", *args, f"ckpt_path={last}")
+    resumed = start_run(tmp_path / "killed", *args, f"ckpt_path={last}")
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr[-2000:]
 
@@ -157,37 +122,6 @@ def test_run_killed_mid_training_resumes_to_the_same_weights_and_metrics(tmp_pat
         assert m_resumed[key] == pytest.approx(m_whole[key], abs=1e-6), key
 
 
-def test_thresholds_saved_for_another_model_are_refused(tmp_path):
-    from scan_lightning.inference.policy import ExitPolicy
-
-    saved = tmp_path / "thresholds.json"
-    saved.write_text(json.dumps({"thresholds": [0.9, 0.9, 0.9, 0.9], "fallback": "ensemble",
-                                 "model": {"input_shape": [1, 28, 28], "num_exits": 4, "num_classes": 10}}))
-    same = {"input_shape": [1, 28, 28], "num_exits": 4, "num_classes": 10}
-    assert ExitPolicy.load(saved, 4, same).thresholds == (0.9, 0.9, 0.9, 0.9)
-    with pytest.raises(ValueError, match=r"was searched for another model \(input_shape \[1, 28, 28\]; this model: "
-                                         r"\[3, 32, 32\]\)"):
-        ExitPolicy.load(saved, 4, {**same, "input_shape": [3, 32, 32]})
-    with pytest.raises(ValueError, match=r"num_classes 10; this model: 100"):
-        ExitPolicy.load(saved, 4, {**same, "num_classes": 100})
-    saved.write_text("{not json")
-    with pytest.raises(ValueError, match=f"{saved} is not valid JSON"):
-        ExitPolicy.load(saved, 4)
-
-
-def test_wandb_run_id_follows_the_run_directory(make_cfg, tmp_path):
-    """A run resumed in its own directory continues its W&B run; any other directory starts its own."""
-    from omegaconf import open_dict
-
-    first = make_cfg("logger=wandb")
-    again = make_cfg("logger=wandb")
-    other = make_cfg("logger=wandb")
-    with open_dict(other):
-        other.paths.output_dir = str(tmp_path / "elsewhere")
-    assert first.logger.wandb.id == again.logger.wandb.id != other.logger.wandb.id
-    assert first.logger.wandb.resume == "allow"
-
-
 @pytest.mark.parametrize("override,needle", [
     ("data.batchsize=3", "Could not override 'data.batchsize'"),          # typo'd key
     ("model=resnet7", "Could not find 'model/resnet7'"),                  # unknown group option
@@ -201,27 +135,14 @@ def test_overrides_hydra_cannot_compose_exit_with_status_2(tmp_path, override, n
     assert not (tmp_path / "logs").exists()
 
 
-class SigtermAtStep(pl.Callback):
-    """Sends this process SIGTERM after training step ``step``: a signal that lands mid-epoch, deterministically."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
 def test_run_stopped_by_sigterm_mid_epoch_resumes_to_the_same_weights_and_generators(tmp_path):
     """SIGTERM in the middle of epoch 1 writes interrupted.ckpt; rerunning in the same directory continues that
     epoch's shuffled order where it stopped and ends with the uninterrupted run's weights, metrics and generator
     states (a resumed pass that drew a new order, or one draw more, would not)."""
-    from tests.conftest import compose_cfg
-
     args = [*FAST, "trainer.max_epochs=2", "~callbacks.threshold_search", "timing.enabled=false", "logger=csv"]
     whole = compose_cfg(args, tmp_path / "whole")
     train(whole)
-    stopped = compose_cfg([*args, "+callbacks.sigterm._target_=tests.test_reliability.SigtermAtStep",
+    stopped = compose_cfg([*args, "+callbacks.sigterm._target_=tests.helpers.runs.SigtermAtStep",
                            "+callbacks.sigterm.step=13"], tmp_path / "stopped")   # 8 batches per epoch
     with pytest.raises(RunStopped, match="SIGTERM at step 13"):
         train(stopped)

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from scan_lightning.builders import build_module
 from scan_lightning.config import ConfigError
 from scan_lightning.train import swept_metric, train_for_sweep
-from tests.conftest import CONF
+from tests.helpers.compose import CONF
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 NUMBER = re.compile(r"-?\d+(?:\.\d*)?(?:e-?\d+)?")

@@ -20,8 +20,8 @@ from scan_lightning.config_tree import print_config_tree
 from scan_lightning.evaluate import evaluate
 from scan_lightning.plots import figure_accuracy_vs_macs, figure_exit_histogram, run_title
 from scan_lightning.train import train
-from tests.conftest import CONF, compose_cfg
-from tests.wandb_offline import read_run
+from tests.helpers.compose import CONF, compose_cfg
+from tests.helpers.wandb_offline import read_run
 
 RESULT = {   # the parts of a post-fit result (thresholds.json) the figures read: three exits
     "num_exits": 3, "fallback": "ensemble", "costs": {"plain_macs": 3e6},

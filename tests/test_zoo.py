@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from scan_lightning.config import build
@@ -12,7 +11,8 @@ from scan_lightning.inference import measure_costs
 from scan_lightning.inference.cost import count_params
 from scan_lightning.models import MultiExitNetwork, build_backbone, list_backbones
 from scan_lightning.train import train
-from tests.test_configs import options
+from tests.helpers.compose import options
+from tests.helpers.images import make_image_folder
 
 EXITS = {"wrn20_8": 3, "wrn44_8": 3, "torchvision": 3, "msdnet_cifar_anytime": 7, "msdnet_cifar_budgeted": 5,
          "msdnet_cifar_imta": 7,
@@ -109,17 +109,6 @@ def test_bad_cut_points_list_the_valid_names(cuts, needle):
 def test_unknown_torchvision_model_lists_models():
     with pytest.raises(ValueError, match="no classification model 'resnet7'.*resnet18"):
         build_backbone("torchvision_cut", model="resnet7", cut_points=["layer1"])
-
-
-def make_image_folder(root, classes=3, train_per_class=6, val_per_class=2, size=40):
-    g = torch.Generator().manual_seed(0)
-    for split, n in (("train", train_per_class), ("val", val_per_class)):
-        for c in range(classes):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = (torch.rand(size, size, 3, generator=g) * 255).to(torch.uint8).numpy()
-                Image.fromarray(pixels).save(folder / f"{i}.png")
 
 
 def test_imagenet_imagefolder_fast_dev_run(make_cfg, tmp_path):

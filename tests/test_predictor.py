@@ -1,5 +1,8 @@
-"""scan_lightning.Predictor: from a checkpoint (thresholds beside it, given, or from a budget), from an export;
-predictions on tensors and DataLoaders; bad input."""
+"""The real early-exit predictor and the user-facing Predictor. inference/predictor.py: EarlyExitPredictor takes
+the same exits and answers as computing every exit and then choosing (Algorithm 1), at batch 1 and 64, with
+either fallback, and agrees with the evaluation on cached outputs. serving.py: scan_lightning.Predictor from a
+checkpoint (thresholds beside it, given, or from a budget) and from an export; predictions on tensors and
+DataLoaders; bad input."""
 from __future__ import annotations
 
 import json
@@ -10,19 +13,60 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import scan_lightning
-from scan_lightning.inference import ExitPolicy, measure_costs
+from scan_lightning.inference import ExitCache, ExitPolicy, evaluate_thresholds, exit_confidence, measure_costs
+from scan_lightning.inference.analysis import exit_macs
 from scan_lightning.inference.deploy import deploy
 from scan_lightning.inference.predictor import EarlyExitPredictor
 from scan_lightning.module import MultiExitModule
 from scan_lightning.train import train
-from tests.test_train import FAST
+from tests.helpers.compose import compose_cfg
+from tests.helpers.networks import small_net
+from tests.helpers.references import compute_all_then_choose
+from tests.helpers.runs import FAST
 
 
+# --- EarlyExitPredictor (inference/predictor.py) ----------------------------------------------------------------
+@pytest.mark.parametrize("batch", [1, 64])
+@pytest.mark.parametrize("seed,fallback", [(0, "ensemble"), (1, "ensemble"), (2, "deepest"), (3, "deepest")])
+def test_predictor_equals_compute_all_then_choose(batch, seed, fallback):
+    g = torch.Generator().manual_seed(seed)
+    net = small_net()
+    costs = measure_costs(net, (3, 32, 32))
+    x = torch.randn(64, 3, 32, 32, generator=g) * 3
+    with torch.no_grad():
+        conf = torch.stack([exit_confidence(lg)[0] for lg in net(x).logits])
+    # random thresholds inside each exit's confidence range, so every path (and the fallback) is taken
+    lo, hi = conf.min(1).values, conf.max(1).values
+    thresholds = (lo + (hi - lo) * torch.rand(4, generator=g)).tolist()
+    predictor = EarlyExitPredictor(net, ExitPolicy.create(thresholds, fallback=fallback), costs)
+    got = [predictor(xb) for xb in x.split(batch)]
+    pred, exits = torch.cat([r.prediction for r in got]), torch.cat([r.exit_index for r in got])
+    ref_pred, ref_exits = compute_all_then_choose(net, x, thresholds, fallback)
+    assert torch.equal(exits, ref_exits) and torch.equal(pred, ref_pred)
+    macs = torch.cat([r.macs for r in got])
+    torch.testing.assert_close(macs, exit_macs(costs)[ref_exits])
+    if batch == 64:
+        assert len(set(exits.tolist())) >= 2
+
+
+def test_predictor_agrees_with_cached_evaluation():
+    net = small_net()
+    costs = measure_costs(net, (3, 32, 32))
+    x, y = torch.randn(48, 3, 32, 32) * 3, torch.randint(3, (48,))
+    with torch.no_grad():
+        cache = ExitCache(torch.stack(net(x).logits), y)
+    thresholds = [0.5, 0.45, 0.6, 0.5]
+    for fallback in ("ensemble", "deepest"):
+        res = EarlyExitPredictor(net, ExitPolicy.create(thresholds, fallback=fallback), costs)(x)
+        sim = evaluate_thresholds(cache, ExitPolicy.create(thresholds, fallback=fallback), exit_macs(costs))
+        assert sim.accuracy == pytest.approx((res.prediction == y).float().mean().item())
+        assert sim.mean_macs == pytest.approx(res.macs.double().mean().item())
+
+
+# --- scan_lightning.Predictor (serving.py) --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny fast_dev_run checkpoint and the thresholds.json its post-fit search wrote."""
-    from tests.conftest import compose_cfg
-
     tmp = tmp_path_factory.mktemp("serving")
     cfg = compose_cfg([*FAST, "trainer.fast_dev_run=true", "timing.enabled=false", "search.ga.generations=3"], tmp)
     train(cfg)

@@ -1,0 +1,44 @@
+"""evaluate.py: evaluating a trained checkpoint with the thresholds saved beside it, with given thresholds, and
+refusing thresholds of the wrong count or for another network, or a missing checkpoint."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from scan_lightning.evaluate import evaluate
+from tests.helpers.compose import compose_evaluate
+
+TIMING = ("timing.images=32", "timing.repeats=1")
+
+
+def test_evaluate_reuses_the_saved_thresholds(short_run):
+    saved = evaluate(compose_evaluate(f"ckpt_path={short_run.ckpt}", *TIMING))
+    result = short_run.thresholds
+    assert saved["thresholds"] == result["thresholds"]
+    assert saved["test"]["accuracy"] == pytest.approx(result["test"]["accuracy"])
+
+
+def test_evaluate_with_given_thresholds(short_run):
+    given = evaluate(compose_evaluate(f"ckpt_path={short_run.ckpt}", "thresholds=[1.0,1.0,1.0,0.01]", *TIMING))
+    assert given["test"]["exit_fractions"][3] == 1.0
+    assert given["test"]["accuracy"] == pytest.approx(short_run.metrics["test/acc/exit4"])
+
+
+def test_evaluate_refuses_thresholds_for_another_network(short_run, tmp_path):
+    with pytest.raises(ValueError, match="got 3 thresholds"):
+        evaluate(compose_evaluate(f"ckpt_path={short_run.ckpt}", "thresholds=[0.9,0.9,0.9]"))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"num_exits": 3, "thresholds": [0.9] * 3}))
+    with pytest.raises(ValueError, match="another model"):
+        evaluate(compose_evaluate(f"ckpt_path={short_run.ckpt}", f"thresholds_path={other}"))
+
+
+def test_cli_evaluate_rejects_a_missing_checkpoint(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "scan_lightning.evaluate", f"ckpt_path={tmp_path / 'nope.ckpt'}"],
+                          cwd=tmp_path, env={**os.environ, "SCAN_ROOT": str(tmp_path)}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and "nope.ckpt does not exist" in proc.stderr

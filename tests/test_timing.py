@@ -1,0 +1,60 @@
+"""Timing the deployment form: the per-section latency table (inference/latency.py), the wall clock of real early
+exit against the plain network on the same images, its median and quartiles and its wording
+(inference/timing.py), and the timing settings' checks."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scan_lightning.inference import ExitPolicy, measure_costs
+from scan_lightning.inference.deploy import DeployOptions, deploy
+from scan_lightning.inference.latency import LatencyTable, measure_latency
+from scan_lightning.inference.predictor import EarlyExitPredictor
+from scan_lightning.inference.timing import SideTiming, measure_wall_clock, speed_phrase
+from tests.helpers.networks import scan_net
+
+
+def test_latency_table_adds_up():
+    net = deploy(scan_net())
+    table = measure_latency(net, torch.randn(8, 3, 32, 32), batch_size=4, repeats=3)
+    cum = table.cumulative_ms
+    assert cum.shape == (4,) and bool((cum[1:] > cum[:-1]).all())
+    assert table.exit_ms[-1] == table.exit_ms[-2] == cum[-1]              # the fallback ran everything
+    assert table.plain_ms == pytest.approx(sum(table.section_ms) + table.deep_head_ms)
+    assert LatencyTable.from_dict(table.to_dict()) == table
+
+
+def test_wall_clock_reports_both_sides_and_percentiles():
+    net = scan_net()
+    costs = measure_costs(net, (3, 32, 32))
+    dep = deploy(net)
+    images, policy = torch.randn(8, 3, 32, 32) * 3, ExitPolicy.create([0.5] * 4)
+    res = measure_wall_clock(dep, costs, policy, images, (1, 4), repeats=2)
+    assert [r.batch_size for r in res] == [1, 4]
+    paid = EarlyExitPredictor(dep, policy, costs)(images).macs.double().mean().item()
+    for r in res:
+        d = r.to_dict()
+        assert r.images == 8 and d["early_exit"]["call_p50_ms"] <= d["early_exit"]["call_p95_ms"]
+        assert r.wall_speedup == pytest.approx(r.full.ms_per_image / r.early_exit.ms_per_image)
+        assert r.mac_speedup == pytest.approx(costs.plain_macs / paid)   # the MACs the timed predictor paid
+
+
+def test_side_timing_median_and_quartiles():
+    t = SideTiming.from_calls([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [10.0, 10.0]], images=2)
+    assert t.ms_per_image == pytest.approx(2.5) and t.ms_per_image_q1 <= 2.5 <= t.ms_per_image_q3
+    assert t.call_p50_ms in (2.0, 3.0) and t.call_p95_ms == 10.0
+
+
+def test_speed_phrases_never_say_fewer():
+    assert speed_phrase(1.3) == "1.30x faster"
+    assert speed_phrase(0.8) == "0.80x the speed"
+
+
+def test_bad_deploy_and_timing_settings_are_one_clear_error():
+    from scan_lightning.inference.pipeline import check_timing
+
+    with pytest.raises(ValueError, match=r"timing.deploy has unknown keys \['fuse'\]"):
+        check_timing({"deploy": {"fuse": True}})
+    with pytest.raises(ValueError, match="timing.batch_sizes"):
+        check_timing({"batch_sizes": [0]})
+    assert DeployOptions(**{"compile": False}).to_dict()["channels_last"] is True
