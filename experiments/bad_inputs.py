@@ -106,7 +106,7 @@ def probe(name: str, overrides: list[str], root: Path) -> tuple[str, int, str, b
         with initialize_config_dir(str(config_dir()), version_base="1.3"):
             cfg = compose("train", overrides=[*BASE, *overrides])
     except Exception as exc:   # what task.cli prints and exits 2 with
-        return name, 2, hydra_error_message(exc).splitlines()[0], True
+        return name, 2, hydra_error_message(exc).splitlines()[0].replace(str(root.parent), "<tmp>"), True
     with open_dict(cfg):
         cfg.paths.output_dir = str(out)
     code = 0
@@ -117,7 +117,7 @@ def probe(name: str, overrides: list[str], root: Path) -> tuple[str, int, str, b
             code = int(stop.code)
         except Exception as exc:
             code, err = 1, io.StringIO(f"{type(exc).__name__}: {exc}")
-    message = (err.getvalue().strip().splitlines() or ["(accepted)"])[0]
+    message = (err.getvalue().strip().splitlines() or ["(accepted)"])[0].replace(str(root.parent), "<tmp>")
     return name, code, message, not out.exists() or not any(out.iterdir())
 
 

@@ -37,3 +37,13 @@ def short_run(tmp_path_factory) -> ShortRun:
     torch.manual_seed(0)
     metrics = train(cfg)
     return ShortRun(cfg, Path(cfg.paths.output_dir), metrics)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: for tiny networks on a busy 2-core machine a second OpenMP thread waiting at every
+    barrier made a one-epoch run ~10x slower (4 s -> 40 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -24,14 +24,7 @@ from tests.helpers.images import CLASSES, write_class_folders, write_split_folde
 COMMON = dict(image_size=8, batch_size=4, num_workers=0, seed=0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these networks are tiny, and on a busy 2-core machine a second OpenMP thread waiting at
-    every barrier made a one-epoch run ~10x slower (4 s -> 40 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def folder_dm(root: Path, **kw) -> FolderDataModule:

@@ -1,8 +1,6 @@
 """Loss terms against hand computations, teacher detachment, composer weighting, bad values."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from hydra.errors import InstantiationException
@@ -12,6 +10,7 @@ from torch.nn import functional as F
 from scan_lightning.config import build
 from scan_lightning.losses import CrossEntropy, Distillation, FeatureHint, LossComposer
 from scan_lightning.models.outputs import ExitOutputs
+from tests.helpers.references import hand_kl
 
 
 def outputs(requires_grad: bool = True) -> ExitOutputs:
@@ -19,18 +18,6 @@ def outputs(requires_grad: bool = True) -> ExitOutputs:
     logits = [torch.randn(4, 5, generator=g, requires_grad=requires_grad) for _ in range(3)]
     feats = [torch.randn(4, 6, generator=g, requires_grad=requires_grad) for _ in range(3)]
     return ExitOutputs(logits, feats)
-
-
-def hand_kl(student: torch.Tensor, teacher: torch.Tensor, t: float) -> float:
-    """sum_c p_t * (log p_t - log p_s), averaged over the batch, times T^2 - written out in plain Python."""
-    total = 0.0
-    for s_row, t_row in zip(student.tolist(), teacher.tolist()):
-        zs = sum(math.exp(v / t) for v in s_row)
-        zt = sum(math.exp(v / t) for v in t_row)
-        for sv, tv in zip(s_row, t_row):
-            pt, ps = math.exp(tv / t) / zt, math.exp(sv / t) / zs
-            total += pt * (math.log(pt) - math.log(ps))
-    return total / len(student) * t * t
 
 
 def test_kd_matches_hand_computation_at_temperature():

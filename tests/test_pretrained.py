@@ -17,14 +17,7 @@ TV = ("model=torchvision", f"model.backbone.model={MODEL}", f"model.backbone.cut
       "data.image_size=32", "model.bottleneck_width=8")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these networks are tiny, and on a busy 2-core machine a second OpenMP thread waiting at
-    every barrier made a one-epoch run ~10x slower (4 s -> 40 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
