@@ -9,6 +9,7 @@ transforms, so model selection and threshold search never see augmented images, 
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -130,6 +131,8 @@ class SplitDataModule(pl.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._resume_order = dict(state_dict.get("train_order") or {})
+        if self._resume_order:   # Lightning looks for the position on the loader, not here: its warning is wrong
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, False, self.eval_batch_size, self._eval_sampler(self.val_set))
