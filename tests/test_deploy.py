@@ -7,9 +7,17 @@ import pytest
 import torch
 from torch import nn
 
-from scan_lightning.inference import ExitPolicy, measure_costs
-from scan_lightning.inference.deploy import DeployedNetwork, PatchMatmul, deploy, fold_batchnorm
+from scan_lightning.inference import ExitPolicy, measure_costs, memory
+from scan_lightning.inference.deploy import (
+    DeployedNetwork,
+    DeployOptions,
+    InPlaceAttention,
+    PatchMatmul,
+    deploy,
+    fold_batchnorm,
+)
 from scan_lightning.inference.predictor import EarlyExitPredictor
+from scan_lightning.models.heads import AttentionModule
 from tests.helpers.networks import scan_net, small_msdnet, small_net
 
 NETS = {"scan": scan_net, "scan_isc_linear": lambda: scan_net("linear"), "scan_isc_identity": lambda: scan_net("identity")}
@@ -39,6 +47,44 @@ def test_patch_matmul_equals_the_strided_conv_on_odd_sizes():
     x = torch.randn(3, 6, 13, 10)   # 13 and 10 do not divide by 4: the conv drops the border, so must the GEMM
     for fmt in (torch.contiguous_format, torch.channels_last):
         torch.testing.assert_close(PatchMatmul(conv)(x.contiguous(memory_format=fmt)), conv(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("size", [8, 7])   # 7: the deconv's map is one pixel larger and cropped
+def test_in_place_attention_equals_the_attention_module(size):
+    attention = AttentionModule(5).eval()
+    for p in attention.parameters():
+        nn.init.normal_(p)
+    x = torch.randn(3, 5, size, size)
+    with torch.inference_mode():
+        ref = attention(x)
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            out = InPlaceAttention(attention)(x.contiguous(memory_format=fmt))
+            torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)   # a cropped view: 1-ulp sigmoid rounding
+
+
+def test_deployment_form_swaps_every_attention_module_and_keeps_the_network():
+    net = scan_net()
+    dep = deploy(net)
+    assert sum(isinstance(m, InPlaceAttention) for m in dep.modules()) == 3
+    assert not any(isinstance(m, AttentionModule) for m in dep.modules())
+    assert sum(isinstance(m, AttentionModule) for m in net.modules()) == 3
+
+
+def test_retain_memory_sets_the_malloc_pad_once(monkeypatch):
+    calls = []
+    monkeypatch.setattr(memory, "_pad_applied", None)
+    monkeypatch.setattr(memory.ctypes, "CDLL", lambda name: type("libc", (), {
+        "mallopt": staticmethod(lambda option, value: calls.append((option, value)) or 1)}))
+    monkeypatch.setattr(memory.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(memory.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    deploy(small_net(), DeployOptions(retain_memory=False))
+    assert calls == []
+    deploy(small_net())
+    deploy(small_net())
+    assert calls == [(memory.M_TOP_PAD, memory.DEFAULT_PAD_BYTES)]
+    monkeypatch.setattr(memory, "_pad_applied", None)
+    monkeypatch.setattr(memory.platform, "libc_ver", lambda: ("", ""))    # musl, macOS: nothing is changed
+    assert memory.retain_freed_memory() is False and len(calls) == 1
 
 
 def test_msdnet_deployment_form_keeps_outputs():

@@ -2,12 +2,16 @@
 
 - BatchNorm folded into the preceding convolution / linear layer (sections through torch.fx ``fuse``; exits by
   folding every conv->BN or linear->BN pair of their ``nn.Sequential`` stacks, transposed convs included);
+- the SCAN attention module's sigmoid and product done in place over the mask (one allocation and one pass
+  fewer over the exit's largest maps);
 - "patchify" convolutions (kernel = stride, no padding: the SCAN bottleneck's 8x8/8, 4x4/4, 2x2/2) run as one
   matrix product over non-overlapping patches, which oneDNN runs several times faster than the conv;
 - channels-last memory format, in which oneDNN's CPU convolutions (transposed ones especially) are fastest;
 - optionally ``torch.compile`` of every section and exit, batch size dynamic (compaction changes it);
 - optionally onnxruntime (``onnxruntime=True``, the ``deploy`` extra): the rewritten parts exported to ONNX
-  and run by ORT sessions (:mod:`scan_lightning.inference.ort_backend`), far less per-layer overhead at batch 1.
+  and run by ORT sessions (:mod:`scan_lightning.inference.ort_backend`), far less per-layer overhead at batch 1;
+- freed memory kept in the process (``retain_memory``, glibc): no page faults on every batch's fresh activations
+  (:mod:`scan_lightning.inference.memory`), the largest single saving on the exits at batch 256.
 
 The plain network used as the baseline of every speed ratio (all sections + the deep head) is built from the
 same rewritten parts, so both sides get the same treatment.
@@ -23,19 +27,24 @@ from torch.fx.experimental.optimization import fuse
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from scan_lightning.inference.cost import CostTable
+from scan_lightning.inference.memory import retain_freed_memory
+from scan_lightning.models.heads import AttentionModule
 from scan_lightning.models.multi_exit import ExitBranch, MultiExitNetwork, SectionOutput, exit_input
 
 
 @dataclass(frozen=True)
 class DeployOptions:
     """Which rewrites :func:`deploy` applies (all on but ``compile``, which costs ~10-60 s per part up front, and
-    ``onnxruntime``, an optional extra)."""
+    ``onnxruntime``, an optional extra). ``retain_memory`` is process-wide (it tunes malloc), so the plain
+    network timed beside the early-exit one runs with it as well."""
 
     fold_batchnorm: bool = True
+    in_place_attention: bool = True
     patch_matmul: bool = True
     channels_last: bool = True
     compile: bool = False
     onnxruntime: bool = False
+    retain_memory: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,6 +102,27 @@ class PatchMatmul(nn.Module):
         return out.reshape(n, ho, wo, -1).permute(0, 3, 1, 2)                  # NCHW shape, channels-last memory
 
 
+class InPlaceAttention(nn.Module):
+    """:class:`~scan_lightning.models.heads.AttentionModule` for inference: the same mask, the sigmoid and the
+    product with the input written over the mask's buffer (the same outputs up to float rounding, no extra
+    full-size maps)."""
+
+    def __init__(self, attention: AttentionModule) -> None:
+        super().__init__()
+        self.mask = nn.Sequential(*[m for m in attention.mask if not isinstance(m, nn.Sigmoid)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self.mask(x)[..., : x.shape[-2], : x.shape[-1]]
+        return mask.sigmoid_().mul_(x)
+
+
+def replace_attention(branches: list[ExitBranch]) -> None:
+    """Swap every exit's :class:`AttentionModule` for :class:`InPlaceAttention`, in place."""
+    for branch in branches:
+        if isinstance(branch.attention, AttentionModule):
+            branch.attention = InPlaceAttention(branch.attention)
+
+
 def _is_patchify(m: nn.Module) -> bool:
     return (type(m) is nn.Conv2d and m.kernel_size == m.stride and m.kernel_size != (1, 1) and m.groups == 1
             and m.padding == (0, 0) and m.dilation == (1, 1) and m.padding_mode == "zeros")
@@ -115,9 +145,13 @@ class DeployedNetwork(nn.Module):
 
     def __init__(self, net: MultiExitNetwork, options: DeployOptions | None = None) -> None:
         super().__init__()
-        self.options = options or DeployOptions(False, False, False, False)
+        self.options = options or DeployOptions(**dict.fromkeys(DeployOptions.__dataclass_fields__, False))
+        if self.options.retain_memory:
+            retain_freed_memory()
         net = fold_batchnorm(net) if self.options.fold_batchnorm else copy.deepcopy(net).eval()
         branches = [net.exit_branch(i) for i in range(net.num_exits)]
+        if self.options.in_place_attention:
+            replace_attention(branches)
         self.num_exits, self.num_classes, self.isc = net.num_exits, net.num_classes, net.isc
         self.sections = nn.ModuleList(net.sections)
         self.exits = nn.ModuleList(branches)
@@ -200,5 +234,5 @@ def as_deployed(net):
     return DeployedNetwork(net) if isinstance(net, MultiExitNetwork) else net
 
 
-__all__ = ["DeployOptions", "DeployedNetwork", "ExitBranch", "PatchMatmul", "as_deployed", "deploy",
+__all__ = ["DeployOptions", "DeployedNetwork", "ExitBranch", "InPlaceAttention", "PatchMatmul", "as_deployed", "deploy",
            "fold_batchnorm", "replace_patchify_convs"]
