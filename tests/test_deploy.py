@@ -70,9 +70,9 @@ def test_deployment_form_swaps_every_attention_module_and_keeps_the_network():
     assert sum(isinstance(m, AttentionModule) for m in net.modules()) == 3
 
 
-def test_retain_memory_sets_the_malloc_pad_once(monkeypatch):
+def test_retain_memory_tunes_malloc_once(monkeypatch):
     calls = []
-    monkeypatch.setattr(memory, "_pad_applied", None)
+    monkeypatch.setattr(memory, "_applied", False)
     monkeypatch.setattr(memory.ctypes, "CDLL", lambda name: type("libc", (), {
         "mallopt": staticmethod(lambda option, value: calls.append((option, value)) or 1)}))
     monkeypatch.setattr(memory.platform, "system", lambda: "Linux")
@@ -81,10 +81,10 @@ def test_retain_memory_sets_the_malloc_pad_once(monkeypatch):
     assert calls == []
     deploy(small_net())
     deploy(small_net())
-    assert calls == [(memory.M_TOP_PAD, memory.DEFAULT_PAD_BYTES)]
-    monkeypatch.setattr(memory, "_pad_applied", None)
+    assert calls == [(memory.M_MMAP_MAX, 0), (memory.M_TRIM_THRESHOLD, memory.NEVER_TRIM)]
+    monkeypatch.setattr(memory, "_applied", False)
     monkeypatch.setattr(memory.platform, "libc_ver", lambda: ("", ""))    # musl, macOS: nothing is changed
-    assert memory.retain_freed_memory() is False and len(calls) == 1
+    assert memory.retain_freed_memory() is False and len(calls) == 2
 
 
 def test_msdnet_deployment_form_keeps_outputs():
