@@ -3,6 +3,10 @@ every exit's output on SCAN networks (with and without ISC) and MSDNet, and the 
 still equals computing every exit and then choosing."""
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -58,8 +62,13 @@ def test_in_place_attention_equals_the_attention_module(size):
     with torch.inference_mode():
         ref = attention(x)
         for fmt in (torch.contiguous_format, torch.channels_last):
-            out = InPlaceAttention(attention)(x.contiguous(memory_format=fmt))
-            torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)   # a cropped view: 1-ulp sigmoid rounding
+            xf = x.contiguous(memory_format=fmt)
+            out = InPlaceAttention(attention)(xf)
+            torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+            assert torch.equal(xf, x)                                   # the input is never written to
+    xg = x.clone().requires_grad_()
+    InPlaceAttention(attention)(xg).sum().backward()                    # out of place when gradients are needed
+    assert xg.grad is not None
 
 
 def test_deployment_form_swaps_every_attention_module_and_keeps_the_network():
@@ -70,21 +79,55 @@ def test_deployment_form_swaps_every_attention_module_and_keeps_the_network():
     assert sum(isinstance(m, AttentionModule) for m in net.modules()) == 3
 
 
-def test_retain_memory_tunes_malloc_once(monkeypatch):
-    calls = []
+class FakeMallopt:
+    """Records ``mallopt`` calls instead of making them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def __call__(self, option: int, value: int) -> int:
+        self.calls.append((option, value))
+        return 1
+
+
+@pytest.fixture
+def fake_mallopt(monkeypatch):
+    fake = FakeMallopt()
     monkeypatch.setattr(memory, "_applied", False)
-    monkeypatch.setattr(memory.ctypes, "CDLL", lambda name: type("libc", (), {
-        "mallopt": staticmethod(lambda option, value: calls.append((option, value)) or 1)}))
-    monkeypatch.setattr(memory.platform, "system", lambda: "Linux")
-    monkeypatch.setattr(memory.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.setattr(memory, "_mallopt", lambda: fake)
+    return fake
+
+
+def test_retain_memory_tunes_malloc_once(fake_mallopt):
     deploy(small_net(), DeployOptions(retain_memory=False))
-    assert calls == []
+    assert fake_mallopt.calls == []
     deploy(small_net())
     deploy(small_net())
-    assert calls == [(memory.M_MMAP_MAX, 0), (memory.M_TRIM_THRESHOLD, memory.NEVER_TRIM)]
+    assert fake_mallopt.calls == [(memory.M_MMAP_MAX, 0), (memory.M_TRIM_THRESHOLD, memory.MAX_TRIM_THRESHOLD)]
+
+
+def test_retained_memory_restores_the_defaults_unless_it_was_on_before(fake_mallopt):
+    with memory.retained_memory():
+        deploy(small_net())
+    assert fake_mallopt.calls[2:] == list(memory.DEFAULTS.items()) and not memory._applied
+    memory.retain_freed_memory()
+    calls = len(fake_mallopt.calls)
+    with memory.retained_memory():
+        deploy(small_net())
+    assert len(fake_mallopt.calls) == calls and memory._applied   # a serving process keeps its setting
+
+
+def test_retain_memory_changes_nothing_without_glibc(monkeypatch):
     monkeypatch.setattr(memory, "_applied", False)
-    monkeypatch.setattr(memory.platform, "libc_ver", lambda: ("", ""))    # musl, macOS: nothing is changed
-    assert memory.retain_freed_memory() is False and len(calls) == 2
+    monkeypatch.setattr(memory.platform, "libc_ver", lambda: ("", ""))    # musl, macOS
+    assert memory.retain_freed_memory() is False
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_glibc_accepts_the_memory_settings():
+    code = ("from scan_lightning.inference import memory as m\n"
+            "assert m.retain_freed_memory()\nm.release_freed_memory()\nassert not m._applied")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_msdnet_deployment_form_keeps_outputs():

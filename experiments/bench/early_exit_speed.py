@@ -4,8 +4,8 @@ Trains nothing. Networks are built untrained from the configs: the quickstart's 
 data=fashion_mnist``), the paper's SCAN ResNet18 (``model=resnet18 data=cifar100``, 3x32x32) and IMTA's 7-exit
 MSDNet (``model=msdnet_cifar_anytime data=cifar100``). The exit mix is forced with budgeted thresholds (MSDNet
 proportions for p = 0.5, 1, 2) computed on the benchmark images, so each point sends a known share of samples to
-each exit. Each form (``eager``: the network as trained; ``deploy``: BatchNorm folded, patchify convs as GEMMs,
-channels-last; ``--compile`` adds ``deploy+compile``) times the early-exit predictor against the plain network
+each exit. Each form (``eager``: the network as trained; ``deploy``: BatchNorm folded, attention gated in place,
+patchify convs as GEMMs, channels-last, freed memory retained; ``--compile`` adds ``deploy+compile``) times the early-exit predictor against the plain network
 built from the same parts, interleaved pass by pass, median of ``--repeats`` passes. A per-part profile (ms per
 image of every section and exit at batch 256 against its MACs) shows where the time goes.
 
@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from scan_lightning.inference import ExitCache, ExitPolicy, budget_proportions, 
 from scan_lightning.inference.cost import measure_costs
 from scan_lightning.inference.deploy import DeployedNetwork, DeployOptions, deploy
 from scan_lightning.inference.latency import measure_latency
+from scan_lightning.inference.memory import retain_freed_memory
 from scan_lightning.inference.predictor import EarlyExitPredictor
 from scan_lightning.inference.timing import mac_phrase, speed_phrase, time_early_exit
 from scan_lightning.models.outputs import exit_name
@@ -41,6 +43,16 @@ NETWORKS = {  # name: (overrides, images per batch size, timed passes)
     "SCAN resnet18 @ cifar100": (["model=resnet18", "data=cifar100"], 256, 3),
     "IMTA msdnet_cifar_anytime @ cifar100": (["model=msdnet_cifar_anytime", "data=cifar100"], 256, 3),
 }
+
+
+def commit() -> str:
+    """The git commit benchmarked (``+dirty`` with uncommitted changes), or ``unknown`` outside a checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def config_net(overrides: list[str]):
@@ -99,7 +111,7 @@ def sweep(name: str, form: str, net: DeployedNetwork, costs, images: torch.Tenso
 
 def write_markdown(out: Path, meta: dict, rows: list[dict], profiles: list[dict], ga: dict) -> None:
     lines = ["# Early-exit wall-clock benchmark", "",
-             f"`python experiments/bench/early_exit_speed.py{meta['args']}`: torch "
+             f"`python experiments/bench/early_exit_speed.py{meta['args']}` at {meta.get('commit', 'unknown')}: torch "
              f"{meta['torch']}, {meta['threads']} threads, {meta['cpus']} CPUs ({meta['machine']}); {meta['note']}.", ""]
     lines += [f"- {n}: input {tuple(m['input_shape'])}, plain network {m['plain_macs'] / 1e6:.2f} M MACs"
               for n, m in meta["networks"].items()]
@@ -141,6 +153,8 @@ def main() -> None:
         forms["deploy+compile"] = DeployOptions(compile=True)
     if args.onnxruntime:
         forms["deploy+onnxruntime"] = DeployOptions(onnxruntime=True)
+    if any(o is not None and o.retain_memory for o in forms.values()):
+        retain_freed_memory()     # process-wide: on from the start, so every form and network runs with it
     rows, profiles, meta_nets = [], [], {}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -148,7 +162,9 @@ def main() -> None:
     def save(ga: dict | None) -> None:   # after every network, so a stopped run keeps what it measured
         meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
                 "cpus": os.cpu_count(), "networks": meta_nets, "compile": args.compile,
-                "args": "".join(f" {a}" for a in sys.argv[1:]),
+                "args": "".join(f" {a}" for a in sys.argv[1:]), "commit": commit(),
+                "forms": {f: (o or DeployOptions(**dict.fromkeys(DeployOptions.__dataclass_fields__, False))).to_dict()
+                          for f, o in forms.items()},
                 "note": "untrained networks; exit mix forced by budgeted thresholds; both sides in the same form"}
         (out / "early_exit_speed.json").write_text(json.dumps(
             {"meta": meta, "sweep": rows, "profile": profiles, "ga": ga}, indent=2))

@@ -582,7 +582,7 @@ def time_scan(net, policy, costs, images: torch.Tensor, rivals: list[Side] = (),
     result = interleaved_timing([*ours, *rivals], images, settings or DEFAULT_TIMING)
     fast256 = max(forms, key=lambda n: result[n]["images_per_s"])
     fast1 = min(forms, key=lambda n: result[n]["p50_ms"])
-    label = {"scan_torch": "deploy(net): BN folded + patch GEMMs + channels-last, eager PyTorch",
+    label = {"scan_torch": "deploy(net): BN folded + in-place attention + patch GEMMs + channels-last + memory retained, eager PyTorch",
              "scan_onnxruntime": "deploy(net) parts on onnxruntime"}
     batch1_keys = [k for k in result[fast1] if k.startswith(("p50", "p95", "mean_ms", "pred_single", "latency"))]
     result["scan"] = {**result[fast256], **{k: result[fast1][k] for k in batch1_keys},
@@ -876,6 +876,11 @@ def reading(res: dict, verdicts: list) -> list[str]:
                    f"{ep['mac_fraction']:.3f}.{vs_plain} Goal: **{'met' if goal else 'not met'}** (>= 1.5x at 256: "
                    f"{'yes' if speed >= 1.5 else 'no'}; batch-1 p50 no worse: {'yes' if ts['p50_ms'] <= b1['p50_ms'] else 'no'}; "
                    f"test accuracy equal or better: {'yes' if dacc >= 0 else 'no'}).")
+        if sp["source"] == "never exit":
+            out.append(f"  - At drop {key} no early-exit candidate passed the bound on the threshold split, so SCAN's "
+                       f"point is \"never exit\": it still runs every exit head (the policy has no way to switch an "
+                       f"exit off; earlyon's calibration disables its unused exits), {sp['mac_fraction']:.2f}x the "
+                       f"plain network's MACs, and its accuracy is its final exit's.")
     early = [(k, sum(x != -1 for x in t["earlyon"]["batched_exit_taken"]), len(t["earlyon"]["batched_exit_taken"]))
              for k, t in res["timing"].items()]
     out += [

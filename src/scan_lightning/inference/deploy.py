@@ -105,21 +105,25 @@ class PatchMatmul(nn.Module):
 class InPlaceAttention(nn.Module):
     """:class:`~scan_lightning.models.heads.AttentionModule` for inference: the same mask, the sigmoid and the
     product with the input written over the mask's buffer (the same outputs up to float rounding, no extra
-    full-size maps)."""
+    full-size maps). A cropped mask (odd map sizes) or an input that needs gradients takes the out-of-place path."""
 
     def __init__(self, attention: AttentionModule) -> None:
         super().__init__()
-        self.mask = nn.Sequential(*[m for m in attention.mask if not isinstance(m, nn.Sigmoid)])
+        if not isinstance(attention.mask[-1], nn.Sigmoid):
+            raise ValueError("InPlaceAttention expects an AttentionModule whose mask ends with a Sigmoid")
+        self.mask = nn.Sequential(*list(attention.mask)[:-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mask = self.mask(x)[..., : x.shape[-2], : x.shape[-1]]
-        return mask.sigmoid_().mul_(x)
+        logits = self.mask(x)
+        if logits.shape[-2:] != x.shape[-2:] or (torch.is_grad_enabled() and x.requires_grad):
+            return torch.sigmoid(logits[..., : x.shape[-2], : x.shape[-1]]) * x
+        return logits.sigmoid_().mul_(x)
 
 
 def replace_attention(branches: list[ExitBranch]) -> None:
-    """Swap every exit's :class:`AttentionModule` for :class:`InPlaceAttention`, in place."""
+    """Swap every exit's :class:`AttentionModule` (that exact class) for :class:`InPlaceAttention`, in place."""
     for branch in branches:
-        if isinstance(branch.attention, AttentionModule):
+        if type(branch.attention) is AttentionModule:
             branch.attention = InPlaceAttention(branch.attention)
 
 
@@ -146,7 +150,7 @@ class DeployedNetwork(nn.Module):
     def __init__(self, net: MultiExitNetwork, options: DeployOptions | None = None) -> None:
         super().__init__()
         self.options = options or DeployOptions(**dict.fromkeys(DeployOptions.__dataclass_fields__, False))
-        if self.options.retain_memory:
+        if self.options.retain_memory and all(p.device.type == "cpu" for p in net.parameters()):
             retain_freed_memory()
         net = fold_batchnorm(net) if self.options.fold_batchnorm else copy.deepcopy(net).eval()
         branches = [net.exit_branch(i) for i in range(net.num_exits)]
@@ -211,7 +215,8 @@ class DeployedNetwork(nn.Module):
 
 
 def deploy(net: MultiExitNetwork, options: DeployOptions | None = None, costs: CostTable | None = None):
-    """``net`` in deployment form (default: BN folded, patchify convs as GEMMs, channels-last, not compiled).
+    """``net`` in deployment form (default: BN folded, attention gated in place, patchify convs as GEMMs,
+    channels-last, freed memory retained - process-wide, on CPU - and not compiled).
 
     With ``options.onnxruntime`` the parts run on onnxruntime (an ``OrtNetwork``; ``costs`` gives the input
     shape to export with); otherwise a :class:`DeployedNetwork`.

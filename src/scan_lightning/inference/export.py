@@ -11,8 +11,8 @@ ONNX: one graph per section and per exit (batch axis dynamic) and ``manifest.jso
 :class:`~scan_lightning.inference.onnx_runner.OnnxEarlyExit` walks them the same way on onnxruntime.
 
 These functions export the network they are given: a :class:`MultiExitNetwork` (e.g. ``fold_batchnorm(net)``)
-or one in deployment form (``deploy(net)``, a :class:`DeployedNetwork`: BN folded, patchify convs as GEMMs,
-channels-last; the TorchScript file then converts its input to channels-last itself).
+or one in deployment form (``deploy(net)``, a :class:`DeployedNetwork`: BN folded, attention gated in place,
+patchify convs as GEMMs, channels-last; the TorchScript file then converts its input to channels-last itself).
 """
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from scan_lightning.inference.cache import collect_outputs
 from scan_lightning.inference.cost import measure_costs
 from scan_lightning.inference.deploy import DeployOptions, deploy
 from scan_lightning.inference.latency import measure_latency
+from scan_lightning.inference.memory import retained_memory
 from scan_lightning.inference.policy import ExitPolicy, model_identity
 from scan_lightning.inference.timing import first_images, measure_wall_clock
 from scan_lightning.models.multi_exit import MultiExitNetwork
@@ -56,32 +57,43 @@ def run_post_fit(net: MultiExitNetwork, val_batches: Iterable, test_batches: Ite
     check_timing(timing)
     was_training = net.training
     net.eval()
+    # timing.deploy.retain_memory tunes malloc process-wide: undone when the post-fit work ends (a training run's
+    # process goes on, e.g. to the next job of a multirun)
     try:
-        val = collect_outputs(net, val_batches, device, "validation outputs" if progress else None)
-        test = collect_outputs(net, test_batches, device, "test outputs" if progress else None)
-        costs = measure_costs(net, input_shape)
-        latency, deployed, images = None, None, None
-        if timing.get("enabled", True) or search.get("cost", "macs") == "latency":
-            options = deploy_options(timing)
-            deployed = deploy(net, options, costs)
-            images = first_images(test_batches, int(timing.get("images", 512))).to(device)
-            latency = measure_latency(deployed, images, int(timing.get("latency_batch_size", 64)))
-        if policy is None:
-            result = search_and_score(val, test, costs, search, latency)
-        else:
-            result = score_policy(val, test, costs, policy.for_exits(net.num_exits), latency,
-                                  int(search.get("budget_steps", 40)))
-        result["model"] = model_identity(net, input_shape)
-        if deployed is not None:
-            result["deploy"] = options.to_dict()
-        if timing.get("enabled", True):
-            timings = measure_wall_clock(deployed, costs, ExitPolicy.from_dict(result), images,
-                                         timing.get("batch_sizes", (1, 256)), int(timing.get("repeats", 5)))
-            result["wall_clock"] = [t.to_dict() for t in timings]
+        with retained_memory():
+            result = _post_fit(net, val_batches, test_batches, input_shape, search, timing, policy, device, progress)
     finally:
         net.train(was_training)
     if out_dir is not None:
         save_thresholds(result, Path(out_dir) / "thresholds.json")
         plot_accuracy_vs_macs(result, Path(out_dir) / "accuracy_vs_macs.png", title)
         plot_exit_histogram(result, Path(out_dir) / "exit_histogram.png", title)
+    return result
+
+
+def _post_fit(net: MultiExitNetwork, val_batches: Iterable, test_batches: Iterable, input_shape: tuple[int, ...],
+              search: Mapping[str, Any], timing: Mapping[str, Any], policy: ExitPolicy | None,
+              device: torch.device | str, progress: bool) -> dict[str, Any]:
+    """The searches and timings of :func:`run_post_fit` (the network in eval mode)."""
+    val = collect_outputs(net, val_batches, device, "validation outputs" if progress else None)
+    test = collect_outputs(net, test_batches, device, "test outputs" if progress else None)
+    costs = measure_costs(net, input_shape)
+    latency, deployed, images = None, None, None
+    if timing.get("enabled", True) or search.get("cost", "macs") == "latency":
+        options = deploy_options(timing)
+        deployed = deploy(net, options, costs)
+        images = first_images(test_batches, int(timing.get("images", 512))).to(device)
+        latency = measure_latency(deployed, images, int(timing.get("latency_batch_size", 64)))
+    if policy is None:
+        result = search_and_score(val, test, costs, search, latency)
+    else:
+        result = score_policy(val, test, costs, policy.for_exits(net.num_exits), latency,
+                              int(search.get("budget_steps", 40)))
+    result["model"] = model_identity(net, input_shape)
+    if deployed is not None:
+        result["deploy"] = options.to_dict()
+    if timing.get("enabled", True):
+        timings = measure_wall_clock(deployed, costs, ExitPolicy.from_dict(result), images,
+                                     timing.get("batch_sizes", (1, 256)), int(timing.get("repeats", 5)))
+        result["wall_clock"] = [t.to_dict() for t in timings]
     return result
