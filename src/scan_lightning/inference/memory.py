@@ -2,9 +2,10 @@
 
 At batch 256 an early-exit network's activations are tens of megabytes each. glibc's default malloc serves such
 blocks with ``mmap`` and unmaps them when they are freed, so every forward pass maps fresh memory and pays a
-page fault on every page it writes: memory-bound layers (the attention module's deconv, sigmoid and product, the
-exit heads' 1x1 convs) lose far more time to it than the compute-bound sections
-(``experiments/bench/memory_retention.py``). With ``mmap`` off for the heap (``M_MMAP_MAX = 0``) and trimming
+page fault on every page it writes. The parts with the largest maps lose the most: on the SCAN ResNet18 at batch
+256 the first exit (attention module and bottleneck head at 32x32) runs 1.51x slower with glibc's default, the
+first section 1.41x, the plain network 1.21x (``experiments/bench/memory_retention.py``), so the early exits paid
+more than their share. With ``mmap`` off for the heap (``M_MMAP_MAX = 0``) and trimming
 off (``M_TRIM_THRESHOLD`` at its maximum), freed blocks stay in the heap and the next batch reuses pages that are
 already mapped; the process keeps its peak resident size, as a GPU caching allocator does.
 
