@@ -31,7 +31,14 @@ def start_run(tmp_path: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "SCAN_ROOT": str(tmp_path), "HYDRA_FULL_ERROR": "0"}
     return subprocess.Popen([sys.executable, "-m", "scan_lightning.train", *FAST, "timing.enabled=false",
                              "logger=csv", "hydra.run.dir=" + str(tmp_path / "run"), *args],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default. A shell starts background jobs (``make test &``)
+    with SIGINT ignored and children inherit that, so a run would ignore the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class SigtermAtStep(pl.Callback):
