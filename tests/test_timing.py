@@ -55,6 +55,8 @@ def test_bad_deploy_and_timing_settings_are_one_clear_error():
 
     with pytest.raises(ValueError, match=r"timing.deploy has unknown keys \['fuse'\]"):
         check_timing({"deploy": {"fuse": True}})
+    with pytest.raises(ValueError, match=r"must be true or false; got \{'retain_memory': 'no'\}"):
+        check_timing({"deploy": {"retain_memory": "no"}})     # bool("no") would have been True
     with pytest.raises(ValueError, match="timing.batch_sizes"):
         check_timing({"batch_sizes": [0]})
     assert DeployOptions(**{"compile": False}).to_dict()["channels_last"] is True

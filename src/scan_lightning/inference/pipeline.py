@@ -29,7 +29,10 @@ def deploy_options(timing: Mapping[str, Any]) -> DeployOptions:
     unknown = sorted(set(cfg) - set(DeployOptions.__dataclass_fields__))
     if unknown:
         raise ValueError(f"timing.deploy has unknown keys {unknown}; allowed: {sorted(DeployOptions.__dataclass_fields__)}")
-    return DeployOptions(**{k: bool(v) for k, v in cfg.items()})
+    not_bool = {k: v for k, v in cfg.items() if not isinstance(v, bool)}
+    if not_bool:
+        raise ValueError(f"timing.deploy settings must be true or false; got {not_bool}")
+    return DeployOptions(**cfg)
 
 
 def check_timing(timing: Mapping[str, Any]) -> None:
