@@ -21,7 +21,7 @@ from scan_lightning.evaluate import evaluate
 from scan_lightning.plots import figure_accuracy_vs_macs, figure_exit_histogram, run_title
 from scan_lightning.train import train
 from tests.helpers.compose import CONF, compose_cfg
-from tests.helpers.wandb_offline import read_run
+from tests.helpers.wandb_offline import read_run, records
 
 RESULT = {   # the parts of a post-fit result (thresholds.json) the figures read: three exits
     "num_exits": 3, "fallback": "ensemble", "costs": {"plain_macs": 3e6},
@@ -160,6 +160,19 @@ def test_wandb_run_has_the_resolved_config_tags_group_and_per_exit_epoch_curves(
     assert run.metrics["val/loss/kd"].step_metric == "epoch"
     rows = [r for r in run.history if "val/acc/exit1" in r]
     assert len(rows) == 1 and rows[0]["epoch"] == 0
+
+
+def test_a_run_file_read_while_a_record_is_being_written_gives_the_records_before_it(trained, tmp_path):
+    """W&B's service writes the run file after ``wandb.finish()`` returns: the reader must stop at a half-written
+    record, not fail to parse it."""
+    (path,) = trained[2].dir.glob("run-*.wandb")
+    data = path.read_bytes()
+    full = list(records(path))
+    for cut in (len(data) // 3, len(data) // 2, len(data) - 5):
+        part = tmp_path / f"cut{cut}.wandb"
+        part.write_bytes(data[:cut])
+        got = list(records(part))
+        assert 0 < len(got) < len(full) and got == full[:len(got)]
 
 
 def test_wandb_run_has_exit_table_figures_budgeted_curve_policy_and_checkpoint(trained):

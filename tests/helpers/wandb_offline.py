@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2 as pb
 
 BLOCK, HEADER = 32768, 7
@@ -24,8 +25,8 @@ def records(path: Path) -> Iterator[pb.Record]:
             pos += BLOCK - pos % BLOCK
             continue
         _, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
-        if kind not in (FULL, FIRST, MIDDLE, LAST):
-            return
+        if kind not in (FULL, FIRST, MIDDLE, LAST) or pos + HEADER + length > len(data):
+            return   # zero padding, or a record W&B's service is still writing
         pending += data[pos + HEADER:pos + HEADER + length]
         pos += HEADER + length
         if kind in (FULL, LAST):
@@ -59,10 +60,17 @@ class OfflineRun:
 
 def finished_records(path: Path, timeout: float = 60.0) -> list[pb.Record]:
     """The records of a finished run. ``wandb.finish()`` returns before W&B's service has written the last records
-    (offline, under load, ~1 s later): wait for the ``exit`` record."""
+    (offline, under load, ~1 s later): wait for the ``exit`` record.
+    The file may be read while a record is half written: a record that runs past the end of the data, or does not
+    parse yet, is read again on the next try."""
     deadline = time.monotonic() + timeout
     while True:
-        found = list(records(path))
+        try:
+            found = list(records(path))
+        except DecodeError:
+            if time.monotonic() > deadline:
+                raise
+            found = []
         if any(r.WhichOneof("record_type") == "exit" for r in found) or time.monotonic() > deadline:
             return found
         time.sleep(0.2)
