@@ -61,6 +61,7 @@ SETTINGS = {  # name -> (seed, fallback, random temperatures)
     "msdnet2_isc_linear": (5, "ensemble", True),
     "resnet_deployed": (6, "ensemble", True),
 }
+SWITCHED_OFF = {"vgg": 1, "msdnet": 1, "resnet_isc_linear": 1}   # exit at threshold 1: skipped unless ISC reads it
 
 
 def spread_thresholds(logits: list[torch.Tensor], temperatures: list[float], g: torch.Generator) -> list[float]:
@@ -95,7 +96,10 @@ class Case:
         temperatures = (0.5 + 1.5 * torch.rand(k, generator=g)).tolist() if temper else [1.0] * k
         with torch.no_grad():
             logits = self.net.all_exits(self.x) if name in DEPLOYED else self.net(self.x).logits
-        self.policy = ExitPolicy.create(spread_thresholds(logits, temperatures, g), temperatures, fallback=fallback)
+        thresholds = spread_thresholds(logits, temperatures, g)
+        if name in SWITCHED_OFF:
+            thresholds[SWITCHED_OFF[name]] = 1.0
+        self.policy = ExitPolicy.create(thresholds, temperatures, fallback=fallback)
         predictor = EarlyExitPredictor(self.net, self.policy, self.costs)
         self.batched = predictor(self.x)
         exits = self.batched.exit_index

@@ -14,13 +14,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import scan_lightning
 from scan_lightning.inference import ExitCache, ExitPolicy, evaluate_thresholds, exit_confidence, measure_costs
-from scan_lightning.inference.analysis import exit_macs
 from scan_lightning.inference.deploy import deploy
 from scan_lightning.inference.predictor import EarlyExitPredictor
 from scan_lightning.module import MultiExitModule
 from scan_lightning.train import train
 from tests.helpers.compose import compose_cfg
-from tests.helpers.networks import small_net
+from tests.helpers.networks import scan_net, small_net
 from tests.helpers.references import compute_all_then_choose
 from tests.helpers.runs import FAST
 
@@ -44,7 +43,7 @@ def test_predictor_equals_compute_all_then_choose(batch, seed, fallback):
     ref_pred, ref_exits = compute_all_then_choose(net, x, thresholds, fallback)
     assert torch.equal(exits, ref_exits) and torch.equal(pred, ref_pred)
     macs = torch.cat([r.macs for r in got])
-    torch.testing.assert_close(macs, exit_macs(costs)[ref_exits])
+    torch.testing.assert_close(macs, costs.exit_macs()[ref_exits])
     if batch == 64:
         assert len(set(exits.tolist())) >= 2
 
@@ -58,9 +57,79 @@ def test_predictor_agrees_with_cached_evaluation():
     thresholds = [0.5, 0.45, 0.6, 0.5]
     for fallback in ("ensemble", "deepest"):
         res = EarlyExitPredictor(net, ExitPolicy.create(thresholds, fallback=fallback), costs)(x)
-        sim = evaluate_thresholds(cache, ExitPolicy.create(thresholds, fallback=fallback), exit_macs(costs))
+        sim = evaluate_thresholds(cache, ExitPolicy.create(thresholds, fallback=fallback), costs.exit_macs())
         assert sim.accuracy == pytest.approx((res.prediction == y).float().mean().item())
         assert sim.mean_macs == pytest.approx(res.macs.double().mean().item())
+
+
+def run_counting_exits(predictor: EarlyExitPredictor, x: torch.Tensor):
+    """The predictor's answers on ``x`` at batch 64 and 1, and how often each exit branch ran."""
+    calls = [0] * predictor.net.num_exits
+    hooks = [b.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+             for i, b in enumerate(predictor.net.exits)]
+    try:
+        batched, single = predictor(x), predictor(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return batched, single, calls
+
+
+def test_an_exit_switched_off_is_not_run_and_not_charged():
+    """Threshold 1 never fires; with the deepest-exit fallback nothing reads that exit, so it is skipped."""
+    net = small_net()
+    costs = measure_costs(net, (3, 32, 32))
+    x, y = torch.randn(48, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 3, torch.randint(3, (48,))
+    with torch.no_grad():
+        cache = ExitCache(torch.stack(net(x).logits), y)
+    thresholds = [0.5, 1.0, 0.6, 0.5]
+    off = ExitPolicy.create(thresholds, fallback="deepest")
+    batched, single, calls = run_counting_exits(EarlyExitPredictor(net, off, costs), x)
+    assert calls[1] == 0 and min(calls[0], calls[2], calls[3]) > 0
+    ref_pred, ref_exits = compute_all_then_choose(net, x, thresholds, "deepest")
+    assert torch.equal(batched.exit_index, ref_exits) and torch.equal(batched.prediction, ref_pred)
+    assert single.exit_index.item() == ref_exits[0].item()
+    # a sample past exit 2 paid every section and the branches it ran, not exit 2's
+    branch = [e.attention_macs + e.head_macs for e in costs.exits]
+    past = batched.exit_index >= 2
+    assert past.any() and torch.all(batched.macs[past] == costs.exit_macs()[batched.exit_index[past]] - branch[1])
+    sim = evaluate_thresholds(cache, off, costs.exit_macs(torch.tensor(off.skipped_heads(chained=False))))
+    assert sim.mean_macs == pytest.approx(batched.macs.double().mean().item())
+    # "never exit" with the deepest fallback is the plain network, to the MAC
+    never = EarlyExitPredictor(net, ExitPolicy.create([1.0] * 4, fallback="deepest"), costs)(x)
+    assert torch.all(never.macs == costs.plain_macs) and torch.equal(never.prediction, net(x).logits[-1].argmax(-1))
+    # the ensemble fallback reads every exit, and so does ISC: then nothing is skipped
+    _, _, calls = run_counting_exits(EarlyExitPredictor(net, ExitPolicy.create(thresholds), costs), x)
+    assert calls[1] > 0
+    isc = scan_net(isc="linear")
+    isc_costs = measure_costs(isc, (3, 32, 32))
+    batched, _, calls = run_counting_exits(EarlyExitPredictor(isc, off, isc_costs), x)
+    assert isc_costs.chained and calls[1] > 0
+    assert torch.all(batched.macs == isc_costs.exit_macs()[batched.exit_index])
+
+
+def test_the_ga_can_switch_an_exit_off_when_its_branch_costs_more_than_it_saves():
+    """An exit that claims nobody the deeper exits do not also get right, with an expensive branch: the GA (few
+    bits, so threshold 1 is reachable) switches it off under the deepest fallback and is charged less for it."""
+    from scan_lightning.inference.analysis import Scorer
+    from scan_lightning.inference.cost import CostTable, ExitCost
+    from scan_lightning.inference.search import genetic_search
+
+    g = torch.Generator().manual_seed(0)
+    n, c = 400, 4
+    labels = torch.randint(c, (n,), generator=g)
+    right = torch.nn.functional.one_hot(labels, c).float()
+    logits = torch.stack([torch.randn(n, c, generator=g),          # exit 1: noise
+                          torch.randn(n, c, generator=g) + 6 * right])   # exit 2: confident and right
+    cache = ExitCache(logits, labels)
+    rows = [ExitCost(0, 10, 0, 50, 60, 60, 0, 0, 0, 0), ExitCost(1, 10, 0, 1, 71, 21, 0, 0, 0, 0)]
+    costs = CostTable(rows, (1, 1, 1))
+    exit_costs, plain = Scorer(costs).cost_model("macs", "deepest")
+    ga = genetic_search(cache, exit_costs, plain, beta=10.0, bits=2, population=20, generations=20,
+                        fallback="deepest", seed=0)
+    assert ga.thresholds[0] == 1.0 and ga.mean_cost == pytest.approx(21.0)
+    res = Scorer(costs)(cache, ExitPolicy.create(ga.thresholds, fallback="deepest"))
+    assert res["mean_macs"] == pytest.approx(21.0)
 
 
 # --- scan_lightning.Predictor (serving.py) --------------------------------------------------------------------

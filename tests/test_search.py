@@ -23,6 +23,7 @@ from scan_lightning.inference import (
     genetic_search,
 )
 from scan_lightning.inference.analysis import Scorer, pick_budget, resolve_fallback, search_and_score
+from scan_lightning.inference.cost import exit_cost_vector
 from scan_lightning.inference.latency import LatencyTable
 from scan_lightning.train import ConfigError, train
 
@@ -158,10 +159,13 @@ def toy_cache(n: int = 400, k: int = 3, classes: int = 4, seed: int = 0, signal:
 
 
 class FakeCosts:
-    """A cost table stand-in: MACs 1, 2, 3 per exit, plain network 2.5."""
+    """A cost table stand-in: MACs 1, 2, 3 per exit (sections only, free exit branches), plain network 2.5."""
 
     cumulative_macs = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
-    plain_macs, ensemble_macs = 2.5, 3.0
+    plain_macs, ensemble_macs, chained = 2.5, 3.0, False
+
+    def exit_macs(self, skipped=None):
+        return exit_cost_vector(torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), skipped)
 
     def to_dict(self) -> dict:
         return {"plain_macs": self.plain_macs}

@@ -370,15 +370,15 @@ def scan_temperatures(temp_cache, num_exits: int) -> tuple[list[float], str]:
 def scan_candidates(val, costs, temps: list[float]) -> list[dict]:
     """Threshold vectors to choose from, all searched on ``val`` at the exits' temperatures: "never exit",
     the GA (SCAN Algorithm 2) at several beta, and the budgeted (MSDNet) sweep, each with both fallbacks."""
-    from scan_lightning.inference.analysis import exit_macs
+    from scan_lightning.inference.analysis import Scorer
     from scan_lightning.inference.search import budget_sweep, genetic_search
 
-    em = exit_macs(costs)
     k = val.num_exits
     cands = [{"source": "never exit", "thresholds": [1.0] * k, "fallback": fb} for fb in ("deepest", "ensemble")]
     for fb in ("deepest", "ensemble"):
+        exit_costs, plain = Scorer(costs).cost_model("macs", fb)   # exits a policy switches off cost nothing
         for beta in (25, 50, 100, 200, 400, 800, 1600, 3200, 6400):
-            ga = genetic_search(val, em, float(costs.plain_macs), beta=float(beta), fallback=fb, seed=0,
+            ga = genetic_search(val, exit_costs, plain, beta=float(beta), fallback=fb, seed=0,
                                 temperatures=temps)
             cands.append({"source": f"GA beta={beta}", "thresholds": ga.thresholds, "fallback": fb})
         for p, thr in budget_sweep(val, temperatures=temps):
@@ -605,7 +605,6 @@ def run_evaluate_stage(args, split: dict) -> dict:
     from earlyon.core.thresholds import HeadLogits, calibrate_thresholds, collect_head_logits, simulate_policy
     from earlyon.staged import staged_model
 
-    from scan_lightning.inference.analysis import exit_macs
     from scan_lightning.inference.cache import ExitCache, collect_outputs, evaluate_thresholds
     from scan_lightning.inference.cost import measure_costs
     from scan_lightning.inference.policy import ExitPolicy
@@ -638,13 +637,15 @@ def run_evaluate_stage(args, split: dict) -> dict:
         torch.save(stored, cache_path)
     costs = measure_costs(net, INPUT_SHAPE)
     plain_macs = costs.plain_macs
-    em = exit_macs(costs)
+    def em(policy):   # MACs paid at each exit under ``policy`` (exit branches it skips are not run)
+        return costs.exit_macs(torch.tensor(policy.skipped_heads(costs.chained)))
+
     temps, temps_source = scan_temperatures(temp_cache, net.num_exits)
     cands = scan_candidates(val, costs, temps)
     final_correct = val.correct()[-2]           # our final (deepest) exit, per threshold-split sample
     for c in cands:
         c["policy"] = ExitPolicy.create(c["thresholds"], temps, c["fallback"], num_exits=net.num_exits)
-        r = evaluate_thresholds(val, c["policy"], em)
+        r = evaluate_thresholds(val, c["policy"], em(c["policy"]))
         correct = policy_correct(val, c["policy"])
         assert abs(correct.float().mean().item() - r.accuracy) < 1e-9
         c.update(val_accuracy=r.accuracy, val_mean_macs=r.mean_macs, val_n=int(correct.numel()),
@@ -654,7 +655,7 @@ def run_evaluate_stage(args, split: dict) -> dict:
     for d in drops:
         c = pick_operating_point(cands, d)
         policy = c["policy"]
-        t = evaluate_thresholds(test, policy, em)
+        t = evaluate_thresholds(test, policy, em(policy))
         scan_points[d] = {"policy": policy, "source": c["source"], "val_accuracy": c["val_accuracy"],
                           "val_gained": c["val_gained"], "val_lost": c["val_lost"],
                           "val_mean_macs": c["val_mean_macs"], "test_accuracy": t.accuracy,

@@ -3,7 +3,7 @@ applied to test), in MACs and, with a latency table, in measured milliseconds.""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,22 +13,16 @@ from scan_lightning.inference.cache import ExitCache, evaluate_thresholds
 from scan_lightning.inference.calibration import calibrate, calibration_errors, split_cache
 from scan_lightning.inference.cost import CostTable
 from scan_lightning.inference.latency import LatencyTable
-from scan_lightning.inference.policy import ExitPolicy, check_fallback
+from scan_lightning.inference.policy import ExitPolicy, check_fallback, skipped_heads
 from scan_lightning.inference.search import budget_sweep, check_ga_settings, genetic_search
 from scan_lightning.models.outputs import exit_names
 
 COSTS = ("macs", "latency")
 
 
-def exit_macs(costs: CostTable) -> torch.Tensor:
-    """(K + 1,) honest MACs of leaving at each exit; the ensemble fallback ran everything."""
-    cum = costs.cumulative_macs
-    return torch.cat([cum, cum[-1:]])
-
-
 def anytime(cache: ExitCache, costs: CostTable, latency: LatencyTable | None = None) -> list[dict]:
     """Each exit's own accuracy against its cumulative MACs (and ms), and the ensemble's."""
-    acc, macs = cache.accuracy().tolist(), exit_macs(costs).tolist()
+    acc, macs = cache.accuracy().tolist(), costs.exit_macs().tolist()
     ms = latency.exit_ms.tolist() if latency is not None else [None] * len(macs)
     return [{"exit": n, "macs": m, "accuracy": a, **({"ms": t} if t is not None else {})}
             for n, m, a, t in zip(exit_names(cache.num_exits), macs, acc, ms)]
@@ -36,28 +30,31 @@ def anytime(cache: ExitCache, costs: CostTable, latency: LatencyTable | None = N
 
 class Scorer:
     """Scores exit policies on cached outputs in both cost units: honest MACs and, with a latency table,
-    measured ms per image; speed-ups against the plain network in each."""
+    measured ms per image; speed-ups against the plain network in each. Exit branches a policy skips
+    (:func:`skipped_heads`) are not charged."""
 
     def __init__(self, costs: CostTable, latency: LatencyTable | None = None) -> None:
         self.costs, self.latency = costs, latency
-        self.exit_macs = exit_macs(costs)
-        self.exit_ms = latency.exit_ms if latency is not None else None
 
     def __call__(self, cache: ExitCache, policy: ExitPolicy) -> dict[str, Any]:
-        res = evaluate_thresholds(cache, policy, self.exit_macs, self.exit_ms).to_dict()
+        skipped = torch.tensor(policy.skipped_heads(self.costs.chained))
+        exit_ms = self.latency.exit_times(skipped) if self.latency is not None else None
+        res = evaluate_thresholds(cache, policy, self.costs.exit_macs(skipped), exit_ms).to_dict()
         res["speedup_plain"] = self.costs.plain_macs / res["mean_macs"]
         res["speedup_deepest"] = self.costs.ensemble_macs / res["mean_macs"]
         if self.latency is not None:
             res["latency_speedup_plain"] = self.latency.plain_ms / res["mean_ms"]
         return res
 
-    def cost_vector(self, cost: str) -> tuple[torch.Tensor, float]:
-        """(K + 1,) exit costs and the plain network's, in ``cost`` units (``macs`` or ``latency``)."""
-        if cost == "latency":
-            if self.latency is None:
-                raise ValueError("search.cost=latency needs a latency table (measured in the deployment form)")
-            return self.exit_ms, self.latency.plain_ms
-        return self.exit_macs, float(self.costs.plain_macs)
+    def cost_model(self, cost: str, fallback: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], float]:
+        """In ``cost`` units (``macs`` or ``latency``): the exit costs of each threshold vector ((P, K) ->
+        (P, K + 1), skipped exit branches not charged) and the plain network's cost."""
+        if cost == "latency" and self.latency is None:
+            raise ValueError("search.cost=latency needs a latency table (measured in the deployment form)")
+        table = self.latency.exit_times if cost == "latency" else self.costs.exit_macs
+        reference = self.latency.plain_ms if cost == "latency" else float(self.costs.plain_macs)
+        chained = self.costs.chained
+        return (lambda thresholds: table(skipped_heads(thresholds.double(), fallback, chained))), reference
 
 
 def budget_policies(val: ExitCache, steps: int, temperatures: list[float] | None, fallback: str
@@ -146,7 +143,7 @@ def search_and_score(val: ExitCache, test: ExitCache, costs: CostTable, search: 
                        "ece_test_after": calibration_errors(test, temperatures, n_bins)}
     fallback = resolve_fallback(search_val, search.get("fallback", "ensemble"))
     cost = search.get("cost", "macs")
-    exit_costs, reference = Scorer(costs, latency).cost_vector(cost)
+    exit_costs, reference = Scorer(costs, latency).cost_model(cost, fallback)
     ga = genetic_search(search_val, exit_costs, reference_cost=reference, fallback=fallback,
                         temperatures=temperatures, **ga_cfg)
     policy = ExitPolicy.create(ga.thresholds, temperatures, fallback)

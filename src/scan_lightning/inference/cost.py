@@ -1,7 +1,8 @@
 """Per-exit cost of a multi-exit network, measured with ``torch.utils.flop_counter`` on its modules.
 
 Honest accounting: a sample that leaves at exit k paid for sections 1..k and for *every* attention
-module and head 1..k it ran (earlier heads included). The SCAN public code's convention - backbone
+module and head 1..k it ran (earlier heads included; an exit branch the policy skips - see
+:func:`~scan_lightning.inference.policy.skipped_heads` - was not run and is not charged). The SCAN public code's convention - backbone
 prefix plus only the exit's own head, no attention - is kept alongside, labelled ``own_head``, to compare
 with the paper's figures. MACs = FLOPs / 2 of the counted ops (convolutions and matrix products).
 """
@@ -16,6 +17,16 @@ from torch.nn.modules.module import register_module_forward_hook
 from torch.utils.flop_counter import FlopCounterMode
 
 from scan_lightning.models.multi_exit import MultiExitNetwork, exit_input
+
+
+def exit_cost_vector(sections: torch.Tensor, branches: torch.Tensor, skipped: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+    """(..., K + 1) cost of leaving at each exit, then at the fallback (ran every section): every section up to
+    the exit plus the exit branches run on the way. ``sections``, ``branches``: (K,) per-exit costs (MACs or ms);
+    ``skipped``: (..., K) branches not run, so not charged."""
+    per_exit = sections + branches if skipped is None else sections + branches * (~skipped)
+    cum = per_exit.cumsum(-1)
+    return torch.cat([cum, cum[..., -1:]], dim=-1)
 
 
 @dataclass(frozen=True)
@@ -38,11 +49,18 @@ class ExitCost:
 class CostTable:
     exits: list[ExitCost]
     input_shape: tuple[int, ...]
+    chained: bool = False   # ISC: each exit reads the previous exit's logits, so every exit branch runs
 
     @property
     def cumulative_macs(self) -> torch.Tensor:
         """Honest MACs of exiting at each exit, shape (num_exits,)."""
         return torch.tensor([e.cumulative_macs for e in self.exits], dtype=torch.float64)
+
+    def exit_macs(self, skipped: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., K + 1) MACs paid at each exit, then at the fallback; ``skipped``: (..., K) exit branches not run."""
+        sections = torch.tensor([e.section_macs for e in self.exits], dtype=torch.float64)
+        branches = torch.tensor([e.attention_macs + e.head_macs for e in self.exits], dtype=torch.float64)
+        return exit_cost_vector(sections, branches, skipped)
 
     @property
     def ensemble_macs(self) -> int:
@@ -66,6 +84,7 @@ class CostTable:
     def to_dict(self) -> dict:
         return {
             "input_shape": list(self.input_shape),
+            "chained": self.chained,
             "exits": [asdict(e) for e in self.exits],
             "backbone_macs": self.backbone_macs,
             "plain_macs": self.plain_macs,
@@ -140,6 +159,6 @@ def measure_costs(net: MultiExitNetwork, input_shape: tuple[int, int, int], elem
             cum_params += s_p + a_p + h_p
             rows.append(ExitCost(i, s_macs, a_macs, head_macs, cum_macs, prefix_macs + head_macs,
                                  s_p, a_p, h_p, cum_params))
-        return CostTable(rows, tuple(input_shape))
+        return CostTable(rows, tuple(input_shape), chained=net.isc is not None)
     finally:
         net.train(was_training)

@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from scan_lightning.inference.analysis import exit_macs
 from scan_lightning.inference.cost import CostTable
 from scan_lightning.inference.deploy import DeployedNetwork
 from scan_lightning.inference.policy import ExitPolicy
@@ -39,7 +38,7 @@ TORCHSCRIPT_META = "scan_lightning.json"   # name of the metadata entry among th
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 ONNX_EXPORTERS = ("dynamo", "legacy")
-PRESERVED = ["thresholds", "temperatures", "fallback", "ensemble_fallback", "exit_macs", "input_shape",
+PRESERVED = ["thresholds", "temperatures", "fallback", "ensemble_fallback", "skipped", "exit_macs", "input_shape",
              "num_exits", "num_classes", "metadata", "channels_last"]
 EXAMPLE_BATCH = 2                         # trace/export batch: > 1 so nothing specialises to a single sample
 
@@ -59,7 +58,9 @@ def export_metadata(net: Network, policy: ExitPolicy, costs: CostTable,
         "isc": net.isc,
         "policy": policy.to_dict(),
         "costs": costs.to_dict(),
-        "exit_macs": exit_macs(costs).tolist(),   # paid at exit 0..K-1, then at the fallback (ran everything)
+        # paid at exit 0..K-1, then at the fallback (every section); exit branches the policy skips are not run
+        "skipped_heads": policy.skipped_heads(chained=net.isc is not None),
+        "exit_macs": costs.exit_macs(torch.tensor(policy.skipped_heads(chained=net.isc is not None))).tolist(),
         **({"class_names": [str(c) for c in class_names]} if class_names else {}),
     }
 
@@ -167,7 +168,7 @@ class ScriptedEarlyExit(nn.Module):
 
     def __init__(self, sections: Sequence[nn.Module], exits: Sequence[nn.Module], policy: ExitPolicy,
                  exit_macs: Sequence[float], input_shape: Sequence[int], num_classes: int, metadata: str,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, skipped: Sequence[bool] | None = None) -> None:
         super().__init__()
         self.sections = nn.ModuleList(sections)
         self.exits = nn.ModuleList(exits)
@@ -177,6 +178,7 @@ class ScriptedEarlyExit(nn.Module):
         self.temperatures = [float(t) for t in policy.temperatures]
         self.fallback = policy.fallback
         self.ensemble_fallback = policy.fallback == "ensemble"
+        self.skipped = [bool(b) for b in skipped] if skipped is not None else [False] * len(self.exits)
         self.input_shape = [int(s) for s in input_shape]
         self.metadata = metadata                              # the same JSON as the file's extra entry
         self.channels_last = channels_last                    # the parts were made for channels-last input
@@ -201,8 +203,9 @@ class ScriptedEarlyExit(nn.Module):
             for i, (section, exit_step) in enumerate(zip(self.sections, self.exits)):
                 if alive.numel() > 0:
                     h = section(h)
+                if alive.numel() > 0 and not self.skipped[i]:      # a skipped branch: no decision reads it
                     logits = exit_step(h, logits)
-                    logit_sum = logits if i == 0 else logit_sum + logits
+                    logit_sum = logits if logit_sum.numel() == 0 else logit_sum + logits
                     conf, pred = torch.softmax(logits.float() / self.temperatures[i], dim=-1).max(dim=-1)
                     fire = conf > self.thresholds[i]
                     if bool(fire.any()):
@@ -262,7 +265,8 @@ def build_torchscript(net: Network, policy: ExitPolicy, costs: CostTable, freeze
                 traced_sections.append(ts)
                 traced_exits.append(te)
             wrapper = ScriptedEarlyExit(traced_sections, traced_exits, policy, meta["exit_macs"], meta["input_shape"],
-                                        meta["num_classes"], json.dumps(meta), _channels_last(net)).to(device).eval()
+                                        meta["num_classes"], json.dumps(meta), _channels_last(net),
+                                        meta["skipped_heads"]).to(device).eval()
             scripted = torch.jit.script(wrapper)
             if freeze or optimize:
                 # weights become constants (Conv+BN folded, ops fused) across the whole walk, loops unrolled

@@ -2,7 +2,7 @@
 
 Measured once, on the machine and device that will serve the network, at one batch size; the threshold
 search can then optimise time instead of MACs (``search.cost=latency``). A sample leaving at exit k is
-charged sections 1..k and exits 1..k, as in the MAC count; the fallback ran everything.
+charged sections 1..k and exits 1..k it ran, as in the MAC count; the fallback ran every section.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from scan_lightning.inference.cost import exit_cost_vector
 from scan_lightning.inference.deploy import DeployedNetwork
 from scan_lightning.inference.timing import Stopwatch
 
@@ -25,14 +26,18 @@ class LatencyTable:
     @property
     def cumulative_ms(self) -> torch.Tensor:
         """(K,) ms per image of leaving at each exit: every section and exit up to it."""
-        return torch.tensor(self.section_ms, dtype=torch.float64).add(
-            torch.tensor(self.exit_ms_own, dtype=torch.float64)).cumsum(0)
+        return self.exit_times()[:-1]
 
     @property
     def exit_ms(self) -> torch.Tensor:
         """(K + 1,) cost of leaving at each exit, then of the fallback (ran everything)."""
-        cum = self.cumulative_ms
-        return torch.cat([cum, cum[-1:]])
+        return self.exit_times()
+
+    def exit_times(self, skipped: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., K + 1) ms per image of leaving at each exit, then at the fallback; ``skipped``: (..., K) exit
+        branches not run."""
+        return exit_cost_vector(torch.tensor(self.section_ms, dtype=torch.float64),
+                                torch.tensor(self.exit_ms_own, dtype=torch.float64), skipped)
 
     @property
     def plain_ms(self) -> float:

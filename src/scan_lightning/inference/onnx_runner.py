@@ -4,7 +4,8 @@ Needs only numpy, onnxruntime and the directory's ``manifest.json`` - no model c
 with the ``deploy`` extra (``pip install scan_lightning[deploy]``). The rule is the predictor's: walk the
 exits shallow to deep; a sample leaves at the first exit whose max softmax of logits / temperature is above
 the exit's threshold; after each exit only the undecided samples run the next section; a sample no exit
-claims gets the fallback (mean of all exits' logits, or the deepest exit's) at temperature 1.
+claims gets the fallback (mean of all exits' logits, or the deepest exit's) at temperature 1. An exit
+branch no decision reads (threshold 1 with the deepest-exit fallback and no ISC) is not run, nor charged.
 """
 from __future__ import annotations
 
@@ -72,7 +73,13 @@ class OnnxEarlyExit:
         if len(self.thresholds) != self.num_exits or not all(0.0 < t <= 1.0 for t in self.thresholds):
             raise ValueError(f"thresholds {self.thresholds} must be {self.num_exits} values in (0, 1]")
         self.fallback = policy["fallback"]
-        self.exit_macs = np.asarray(manifest["exit_macs"], dtype=np.float64)
+        chained = any(bool(e["uses_previous"]) for e in manifest["exits"])
+        self.skipped = [t >= 1.0 and i < self.num_exits - 1 and self.fallback == "deepest" and not chained
+                        for i, t in enumerate(self.thresholds)]   # the rule of ``policy.skipped_heads``
+        per_exit = [e["section_macs"] + (0 if off else e["attention_macs"] + e["head_macs"])
+                    for e, off in zip(manifest["costs"]["exits"], self.skipped)]
+        cum = np.cumsum(np.asarray(per_exit, dtype=np.float64))
+        self.exit_macs = np.append(cum, cum[-1])                  # the fallback ran every section
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = int(threads)
@@ -106,6 +113,8 @@ class OnnxEarlyExit:
             if alive.size == 0:
                 break
             h = section.run(None, dict(zip(names_in, h)))
+            if self.skipped[i]:
+                continue
             feed = {exit_in[0]: h[-1]}
             if uses_previous:
                 feed[exit_in[1]] = logits

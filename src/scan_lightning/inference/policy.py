@@ -47,6 +47,21 @@ def exit_confidence(logits: torch.Tensor, temperature: float = 1.0) -> tuple[tor
     return conf, pred
 
 
+def skipped_heads(thresholds: torch.Tensor, fallback: str, chained: bool) -> torch.Tensor:
+    """Which exits' branches (attention, head) no decision reads, per threshold vector (``(..., K)`` -> bool).
+
+    An exit at threshold 1 never fires (a max softmax is never above 1). With the deepest-exit fallback and no ISC
+    chain (``chained``: each exit reads the previous exit's logits) nothing else reads its logits, so its branch
+    is skipped: not run, not charged. The ensemble fallback averages every exit, so it skips none; the deepest
+    exit always runs.
+    """
+    off = thresholds >= 1.0
+    if fallback == "ensemble" or chained:
+        return torch.zeros_like(off)
+    off[..., -1] = False
+    return off
+
+
 def choose_exits(confidence: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """First exit whose confidence beats its threshold; ``K`` (the fallback) when none does.
 
@@ -102,6 +117,10 @@ class ExitPolicy:
 
     def with_thresholds(self, thresholds: Sequence[float]) -> ExitPolicy:
         return ExitPolicy(tuple(thresholds), self.temperatures, self.fallback)
+
+    def skipped_heads(self, chained: bool) -> list[bool]:
+        """Per exit: is its branch skipped (see :func:`skipped_heads`)?"""
+        return skipped_heads(torch.tensor(self.thresholds, dtype=torch.float64), self.fallback, chained).tolist()
 
     def confidence(self, logits: torch.Tensor, exit_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Max softmax at exit ``exit_index``'s temperature, and the predicted class."""

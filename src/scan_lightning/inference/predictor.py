@@ -3,7 +3,8 @@
 Walk the exits shallow to deep; a sample leaves at the first exit whose max softmax (at that exit's
 temperature) is above the exit's threshold; a sample no exit claims gets the ensemble (mean of all
 exits' logits; the paper) or, with ``fallback="deepest"``, the deepest exit's answer. After each exit
-only the undecided samples run the next section.
+only the undecided samples run the next section. An exit branch no decision reads (threshold 1 with the
+deepest-exit fallback and no ISC) is not run.
 """
 from __future__ import annotations
 
@@ -43,8 +44,8 @@ class EarlyExitPredictor:
     def __init__(self, net: MultiExitNetwork | DeployedNetwork, policy: ExitPolicy, costs: CostTable) -> None:
         self.net = as_deployed(net)
         self.policy = policy.for_exits(self.net.num_exits)
-        cum = costs.cumulative_macs
-        self.exit_macs = torch.cat([cum, cum[-1:]])  # the fallback ran everything
+        self.skipped = policy.skipped_heads(chained=self.net.isc is not None)   # branches no decision reads
+        self.exit_macs = costs.exit_macs(torch.tensor(self.skipped))          # the fallback ran every section
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> EarlyExitResult:
@@ -60,6 +61,8 @@ class EarlyExitPredictor:
         h, logits = net.prepare(x), None
         for i in range(k):
             h = net.section(i, h)
+            if self.skipped[i]:
+                continue
             logits = net.exit(i, h, logits)
             logit_sum = logits if logit_sum is None or policy.fallback != "ensemble" else logit_sum + logits
             conf, pred = policy.confidence(logits, i)
@@ -82,6 +85,8 @@ class EarlyExitPredictor:
         h, logits, logit_sum, index = net.prepare(x), None, None, k
         for i in range(k):
             h = net.section(i, h)
+            if self.skipped[i]:
+                continue
             logits = net.exit(i, h, logits)
             conf, pred = policy.confidence(logits, i)
             if conf.item() > policy.thresholds[i]:

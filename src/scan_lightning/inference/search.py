@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -31,14 +32,15 @@ def population_scores(confidence: torch.Tensor, outcome: torch.Tensor, threshold
                       exit_costs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Accuracy and mean cost (MACs or ms) of every threshold vector in ``thresholds`` (P, K), all at once.
 
-    ``confidence``: (K, N) per-exit confidences; ``outcome``: (K + 1, N) right/wrong per exit and fallback.
+    ``confidence``: (K, N) per-exit confidences; ``outcome``: (K + 1, N) right/wrong per exit and fallback;
+    ``exit_costs``: (K + 1,) or, per threshold vector, (P, K + 1).
     """
     chosen = choose_exits(confidence, thresholds)                             # (P, N)
     n = chosen.shape[1]
     # one-hot (member, exit, sample): accuracy and MACs as two reductions, no (P, N) gathers
     one_hot = torch.zeros(chosen.shape[0], outcome.shape[0], n).scatter_(1, chosen[:, None], 1.0)
     acc = torch.einsum("pkn,kn->p", one_hot, outcome.float()) / n
-    cost = one_hot.sum(2).double() @ exit_costs.double() / n
+    cost = (one_hot.sum(2).double() * exit_costs.double()).sum(-1) / n
     return acc, cost
 
 
@@ -78,7 +80,7 @@ def check_ga_settings(beta: float = 200.0, baseline: str | float = "deepest", bi
 
 def genetic_search(
     cache: ExitCache,
-    exit_costs: torch.Tensor,
+    exit_costs: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
     reference_cost: float,
     beta: float = 200.0,
     baseline: str | float = "deepest",
@@ -95,7 +97,9 @@ def genetic_search(
     """SCAN Algorithm 2. fitness = reference_cost / mean_cost + beta * (accuracy - baseline) (Eq. 4).
 
     ``exit_costs``: (K + 1,) cost of leaving at each exit, then the fallback - honest MACs (the paper's
-    acceleration ratio) or measured milliseconds (a latency table); ``reference_cost``: the plain network's.
+    acceleration ratio) or measured milliseconds (a latency table) - or a function giving them per threshold
+    vector ((P, K) -> (P, K + 1): an exit a policy switches off costs nothing, see ``Scorer.cost_model``);
+    ``reference_cost``: the plain network's.
 
     Roulette selection on shifted fitness, single-point crossover per pair, bit-flip mutation,
     ``elite`` best genomes carried over unchanged. ``baseline``: ``"deepest"``, ``"ensemble"`` or an
@@ -114,7 +118,9 @@ def genetic_search(
     genes = torch.rand(population, k, bits, generator=g) < 0.5
 
     def fitness_of(pop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        acc, cost = population_scores(conf, outcome, decode_genes(pop), exit_costs)
+        thresholds = decode_genes(pop)
+        costs = exit_costs(thresholds) if callable(exit_costs) else exit_costs
+        acc, cost = population_scores(conf, outcome, thresholds, costs)
         return reference_cost / cost + beta * (acc.double() - base), acc, cost
 
     history = []
