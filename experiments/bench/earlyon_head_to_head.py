@@ -879,10 +879,12 @@ def reading(res: dict, verdicts: list) -> list[str]:
                    f"{'yes' if speed >= 1.5 else 'no'}; batch-1 p50 no worse: {'yes' if ts['p50_ms'] <= b1['p50_ms'] else 'no'}; "
                    f"test accuracy equal or better: {'yes' if dacc >= 0 else 'no'}).")
         if sp["source"] == "never exit":
+            fb = sp.get("fallback", "ensemble")
+            what = ("every exit switched off (deepest-exit fallback: no exit branch is run or charged), so it is the "
+                    "plain network" if fb == "deepest" else "the ensemble fallback, which runs every exit branch")
             out.append(f"  - At drop {key} no early-exit candidate passed the bound on the threshold split, so SCAN's "
-                       f"point is \"never exit\": it still runs every exit head (the policy has no way to switch an "
-                       f"exit off; earlyon's calibration disables its unused exits), {sp['mac_fraction']:.2f}x the "
-                       f"plain network's MACs, and its accuracy is its final exit's.")
+                       f"point is \"never exit\" with {what}: {sp['mac_fraction']:.2f}x the plain network's MACs, "
+                       f"and its accuracy is its final exit's.")
     early = [(k, sum(x != -1 for x in t["earlyon"]["batched_exit_taken"]), len(t["earlyon"]["batched_exit_taken"]))
              for k, t in res["timing"].items()]
     out += [
@@ -895,7 +897,7 @@ def reading(res: dict, verdicts: list) -> list[str]:
         "- SCAN pays for its exits: attention modules and bottleneck heads cost "
         f"{(s['costs']['ensemble_macs'] - s['plain_macs']) / 1e6:.0f} M MACs on top of the "
         f"{s['plain_macs'] / 1e6:.0f} M plain network (earlyon's heads: "
-        f"{sum(e['costs']['heads'].values()) / 1e3:.0f} k), so a SCAN sample that runs every exit costs "
+        f"{sum(e['costs']['heads'].values()) / 1e3:.0f} k), so a SCAN sample that runs every exit branch costs "
         f"{s['costs']['ensemble_macs'] / s['plain_macs']:.2f}x the plain network, and a SCAN training step costs "
         f"more (training wall time above).",
         "- MACs are counted the same way for both (torch.utils.flop_counter, conv + matmul, every section and exit "
