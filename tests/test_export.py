@@ -100,6 +100,8 @@ class Case:
         if name in SWITCHED_OFF:
             thresholds[SWITCHED_OFF[name]] = 1.0
         self.policy = ExitPolicy.create(thresholds, temperatures, fallback=fallback)
+        self.skipped = self.policy.skipped_heads(chained=self.net.isc is not None)
+        assert any(self.skipped) == (name in SWITCHED_OFF and fallback == "deepest" and self.net.isc is None)
         predictor = EarlyExitPredictor(self.net, self.policy, self.costs)
         self.batched = predictor(self.x)
         exits = self.batched.exit_index
@@ -158,6 +160,7 @@ def test_torchscript_exits_like_the_eager_predictor(case, tmp_path):
     case.assert_matches_one_by_one(model)
     # policy, costs and shape ride along, as attributes and as the file's JSON entry
     assert list(model.thresholds) == list(case.policy.thresholds) and model.fallback == case.policy.fallback
+    assert list(model.skipped) == case.skipped
     _, meta = load_torchscript(path)
     assert meta["policy"] == case.policy.to_dict() and meta["costs"] == case.costs.to_dict()
     assert meta["input_shape"] == list(case.shape) and meta["num_classes"] == case.net.num_classes
@@ -211,6 +214,7 @@ def check_onnx(case: Case, directory: Path, exporter: str) -> None:
     assert sorted(p.name for p in directory.iterdir()) == sorted(
         [MANIFEST, *(f"section{i}.onnx" for i in range(k)), *(f"exit{i}.onnx" for i in range(k))])
     runner = OnnxEarlyExit(directory)
+    assert runner.skipped == case.skipped
     case.assert_matches(*runner(case.x))             # a tensor
     case.assert_matches(*runner(case.x.numpy()))     # or a numpy array
     case.assert_matches_one_by_one(runner)

@@ -1,10 +1,10 @@
 """Per-exit cost of a multi-exit network, measured with ``torch.utils.flop_counter`` on its modules.
 
 Honest accounting: a sample that leaves at exit k paid for sections 1..k and for *every* attention
-module and head 1..k it ran (earlier heads included; an exit branch the policy skips - see
-:func:`~scan_lightning.inference.policy.skipped_heads` - was not run and is not charged). The SCAN public code's convention - backbone
-prefix plus only the exit's own head, no attention - is kept alongside, labelled ``own_head``, to compare
-with the paper's figures. MACs = FLOPs / 2 of the counted ops (convolutions and matrix products).
+module and head 1..k it ran (earlier heads included; an exit branch the policy skips, see
+:func:`~scan_lightning.inference.policy.skipped_heads`, was not run and is not charged). The SCAN public
+code's convention - backbone prefix plus only the exit's own head, no attention - is kept alongside,
+labelled ``own_head``, to compare with the paper's figures. MACs = FLOPs / 2 of the counted ops (convolutions and matrix products).
 """
 from __future__ import annotations
 

@@ -50,6 +50,7 @@ def export_metadata(net: Network, policy: ExitPolicy, costs: CostTable,
     policy = policy.for_exits(net.num_exits)
     if len(costs.exits) != net.num_exits:
         raise ValueError(f"the cost table has {len(costs.exits)} exits but the network has {net.num_exits}")
+    skipped = policy.skipped_heads(chained=net.isc is not None)
     return {
         "format_version": FORMAT_VERSION,
         "num_exits": net.num_exits,
@@ -59,8 +60,8 @@ def export_metadata(net: Network, policy: ExitPolicy, costs: CostTable,
         "policy": policy.to_dict(),
         "costs": costs.to_dict(),
         # paid at exit 0..K-1, then at the fallback (every section); exit branches the policy skips are not run
-        "skipped_heads": policy.skipped_heads(chained=net.isc is not None),
-        "exit_macs": costs.exit_macs(torch.tensor(policy.skipped_heads(chained=net.isc is not None))).tolist(),
+        "skipped_heads": skipped,
+        "exit_macs": costs.exit_macs(torch.tensor(skipped)).tolist(),
         **({"class_names": [str(c) for c in class_names]} if class_names else {}),
     }
 
