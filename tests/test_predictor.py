@@ -108,30 +108,6 @@ def test_an_exit_switched_off_is_not_run_and_not_charged():
     assert torch.all(batched.macs == isc_costs.exit_macs()[batched.exit_index])
 
 
-def test_the_ga_can_switch_an_exit_off_when_its_branch_costs_more_than_it_saves():
-    """An exit that claims nobody the deeper exits do not also get right, with an expensive branch: the GA (few
-    bits, so threshold 1 is reachable) switches it off under the deepest fallback and is charged less for it."""
-    from scan_lightning.inference.analysis import Scorer
-    from scan_lightning.inference.cost import CostTable, ExitCost
-    from scan_lightning.inference.search import genetic_search
-
-    g = torch.Generator().manual_seed(0)
-    n, c = 400, 4
-    labels = torch.randint(c, (n,), generator=g)
-    right = torch.nn.functional.one_hot(labels, c).float()
-    logits = torch.stack([torch.randn(n, c, generator=g),          # exit 1: noise
-                          torch.randn(n, c, generator=g) + 6 * right])   # exit 2: confident and right
-    cache = ExitCache(logits, labels)
-    rows = [ExitCost(0, 10, 0, 50, 60, 60, 0, 0, 0, 0), ExitCost(1, 10, 0, 1, 71, 21, 0, 0, 0, 0)]
-    costs = CostTable(rows, (1, 1, 1))
-    exit_costs, plain = Scorer(costs).cost_model("macs", "deepest")
-    ga = genetic_search(cache, exit_costs, plain, beta=10.0, bits=2, population=20, generations=20,
-                        fallback="deepest", seed=0)
-    assert ga.thresholds[0] == 1.0 and ga.mean_cost == pytest.approx(21.0)
-    res = Scorer(costs)(cache, ExitPolicy.create(ga.thresholds, fallback="deepest"))
-    assert res["mean_macs"] == pytest.approx(21.0)
-
-
 # --- scan_lightning.Predictor (serving.py) --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, Path]:

@@ -23,7 +23,7 @@ from scan_lightning.inference import (
     genetic_search,
 )
 from scan_lightning.inference.analysis import Scorer, pick_budget, resolve_fallback, search_and_score
-from scan_lightning.inference.cost import exit_cost_vector
+from scan_lightning.inference.cost import CostTable, ExitCost, exit_cost_vector
 from scan_lightning.inference.latency import LatencyTable
 from scan_lightning.train import ConfigError, train
 
@@ -225,3 +225,23 @@ def test_scorer_speedups():
     res = scorer(cache, ExitPolicy.create([1.0, 1.0, 1e-6]))    # everyone leaves at the last exit
     assert res["mean_macs"] == 3.0 and res["speedup_plain"] == pytest.approx(2.5 / 3.0)
     assert res["mean_ms"] == pytest.approx(4.5) and res["latency_speedup_plain"] == pytest.approx(3.1 / 4.5)
+
+
+def test_the_ga_can_switch_an_exit_off_when_its_branch_costs_more_than_it_saves():
+    """An exit that claims nobody the deeper exits do not also get right, with an expensive branch: the GA (few
+    bits, so threshold 1 is reachable) switches it off under the deepest fallback and is charged less for it."""
+    g = torch.Generator().manual_seed(0)
+    n, c = 400, 4
+    labels = torch.randint(c, (n,), generator=g)
+    right = torch.nn.functional.one_hot(labels, c).float()
+    logits = torch.stack([torch.randn(n, c, generator=g),          # exit 1: noise
+                          torch.randn(n, c, generator=g) + 6 * right])   # exit 2: confident and right
+    cache = ExitCache(logits, labels)
+    rows = [ExitCost(0, 10, 0, 50, 60, 60, 0, 0, 0, 0), ExitCost(1, 10, 0, 1, 71, 21, 0, 0, 0, 0)]
+    costs = CostTable(rows, (1, 1, 1))
+    exit_costs, plain = Scorer(costs).cost_model("macs", "deepest")
+    ga = genetic_search(cache, exit_costs, plain, beta=10.0, bits=2, population=20, generations=20,
+                        fallback="deepest", seed=0)
+    assert ga.thresholds[0] == 1.0 and ga.mean_cost == pytest.approx(21.0)
+    res = Scorer(costs)(cache, ExitPolicy.create(ga.thresholds, fallback="deepest"))
+    assert res["mean_macs"] == pytest.approx(21.0)
