@@ -137,8 +137,8 @@ def plot_attention(checkpoint: str, path: Path, n: int = 6) -> None:
     import matplotlib.pyplot as plt
     import torch
 
-    from scan_lightning.checkpoints import load_module
-    from scan_lightning.config import build
+    from scan_lightning.training.module import load_module
+    from scan_lightning.utils.config import build
 
     module = load_module(checkpoint)
     net = module.net.eval()

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 pytest.register_assert_rewrite("tests.helpers")   # plain asserts in the helpers report their values too
 
-from scan_lightning.train import train
+from scan_lightning.cli.train import train
 from tests.helpers.compose import compose_cfg
 from tests.helpers.runs import FAST, ShortRun
 

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from scan_lightning.inference.cache import ExitCache
-from scan_lightning.inference.calibration import (
+from scan_lightning.policy.cache import ExitCache
+from scan_lightning.policy.calibration import (
     BOUNDS,
     calibrate,
     calibrated_probabilities,

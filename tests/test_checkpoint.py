@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from scan_lightning.checkpoints import load_module
-from scan_lightning.config import ConfigError
-from scan_lightning.module import MultiExitModule
-from scan_lightning.train import train
+from scan_lightning.cli.train import train
+from scan_lightning.training.module import MultiExitModule, load_module
+from scan_lightning.utils.config import ConfigError
 from tests.helpers.runs import FAST
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from hydra.errors import MissingConfigException
 
-from scan_lightning.builders import build_group, build_module
-from scan_lightning.config import build
+from scan_lightning.training.builders import build_group, build_module
+from scan_lightning.utils.config import build
 from tests.helpers.compose import CONF, options
 from tests.helpers.images import write_class_folders
 
@@ -90,7 +90,7 @@ def test_slurm_cluster_settings_reach_the_trainer():
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from scan_lightning.builders import trainer_config
+    from scan_lightning.training.builders import trainer_config
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF), version_base="1.3"):
@@ -113,7 +113,7 @@ def test_slurm_cluster_settings_reach_the_trainer():
 @pytest.mark.parametrize("name", options("debug"))
 def test_debug_configs_run_a_tiny_training(make_cfg, name):
     """debug=<name>: one process, no logger, anomaly detection, a short run that goes through to the summary."""
-    from scan_lightning.train import train
+    from scan_lightning.cli.train import train
 
     cfg = make_cfg(f"debug={name}", "data=synthetic", "model.backbone.width=0.125", "model.bottleneck_width=8",
                    "trainer.max_epochs=1", "trainer.limit_train_batches=2")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from scan_lightning.inference import measure_costs
+from scan_lightning.cost import measure_costs
 from scan_lightning.models import MultiExitNetwork, build_backbone
 from tests.helpers.networks import small_net
 

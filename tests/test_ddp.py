@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scan_lightning.evaluate import evaluate
+from scan_lightning.cli.evaluate import evaluate
 from tests.helpers.compose import compose_evaluate
 from tests.helpers.runs import run_cli
 

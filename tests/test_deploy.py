@@ -11,8 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from scan_lightning.inference import ExitPolicy, measure_costs, memory
-from scan_lightning.inference.deploy import (
+from scan_lightning.cost import measure_costs
+from scan_lightning.models.heads import AttentionModule
+from scan_lightning.policy import ExitPolicy
+from scan_lightning.runtime import memory
+from scan_lightning.runtime.forms import (
     DeployedNetwork,
     DeployOptions,
     InPlaceAttention,
@@ -20,8 +23,7 @@ from scan_lightning.inference.deploy import (
     deploy,
     fold_batchnorm,
 )
-from scan_lightning.inference.predictor import EarlyExitPredictor
-from scan_lightning.models.heads import AttentionModule
+from scan_lightning.runtime.predictor import EarlyExitPredictor
 from tests.helpers.networks import scan_net, small_msdnet, small_net
 
 NETS = {"scan": scan_net, "scan_isc_linear": lambda: scan_net("linear"), "scan_isc_identity": lambda: scan_net("identity")}
@@ -125,7 +127,7 @@ def test_retain_memory_changes_nothing_without_glibc(monkeypatch):
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_glibc_accepts_the_memory_settings():
-    code = ("from scan_lightning.inference import memory as m\n"
+    code = ("from scan_lightning.runtime import memory as m\n"
             "assert m.retain_freed_memory()\nm.release_freed_memory()\nassert not m._applied")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -5,8 +5,8 @@ import os
 import subprocess
 import sys
 
-from scan_lightning.builders import build_module
-from scan_lightning.inference.cost import measure_costs
+from scan_lightning.cost.macs import measure_costs
+from scan_lightning.training.builders import build_module
 
 
 def test_describe_prints_the_table_and_writes_nothing(tmp_path):

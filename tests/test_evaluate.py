@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from scan_lightning.evaluate import evaluate
+from scan_lightning.cli.evaluate import evaluate
 from tests.helpers.compose import compose_evaluate
 
 TIMING = ("timing.images=32", "timing.repeats=1")

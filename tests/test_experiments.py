@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from scan_lightning.train import train
+from scan_lightning.cli.train import train
 from tests.helpers.compose import CONF, options
 
 OVERLAYS = options("experiment")

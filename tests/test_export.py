@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from scan_lightning.export import export
-from scan_lightning.inference import EarlyExitPredictor, ExitPolicy, exit_confidence, measure_costs
-from scan_lightning.inference.deploy import deploy, fold_batchnorm
-from scan_lightning.inference.export import (
+from scan_lightning.cli.export import export
+from scan_lightning.cost import measure_costs
+from scan_lightning.export import deploy
+from scan_lightning.export.formats import (
     MANIFEST,
     TORCHSCRIPT_META,
     build_torchscript,
@@ -26,6 +26,9 @@ from scan_lightning.inference.export import (
     load_torchscript,
 )
 from scan_lightning.models import MultiExitNetwork, build_backbone
+from scan_lightning.policy import ExitPolicy, exit_confidence
+from scan_lightning.runtime import EarlyExitPredictor
+from scan_lightning.runtime.forms import fold_batchnorm
 from tests.helpers.compose import compose_cfg, compose_export
 from tests.helpers.networks import small_msdnet
 
@@ -203,7 +206,7 @@ def test_torchscript_file_runs_with_torch_alone(tmp_path):
 
 # --- ONNX -------------------------------------------------------------------------------------------------
 def check_onnx(case: Case, directory: Path, exporter: str) -> None:
-    from scan_lightning.inference.onnx_runner import OnnxEarlyExit
+    from scan_lightning.export.onnx_runner import OnnxEarlyExit
 
     manifest = json.loads((directory / MANIFEST).read_text())
     k = case.net.num_exits
@@ -262,7 +265,7 @@ def test_onnx_runner_needs_neither_torch_nor_the_project(tmp_path):
 
 def test_onnx_runner_bad_input(tmp_path):
     pytest.importorskip("onnxruntime")
-    from scan_lightning.inference.onnx_runner import OnnxEarlyExit
+    from scan_lightning.export.onnx_runner import OnnxEarlyExit
 
     with pytest.raises(FileNotFoundError, match="manifest.json does not exist"):
         OnnxEarlyExit(tmp_path)
@@ -278,7 +281,7 @@ def test_onnx_runner_bad_input(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A tiny trained checkpoint (fast_dev_run on synthetic data) with the thresholds.json of its search."""
-    from scan_lightning.train import train
+    from scan_lightning.cli.train import train
 
     tmp = tmp_path_factory.mktemp("trained")
     cfg = compose_cfg(["data=synthetic", "model.backbone.width=0.125", "model.bottleneck_width=8",

@@ -13,11 +13,11 @@ from PIL import Image
 from torch.utils.data import Subset
 
 from scan_lightning import Predictor
-from scan_lightning.config import ConfigError, build
+from scan_lightning.cli.export import export
+from scan_lightning.cli.task import run_entry_point
+from scan_lightning.cli.train import train
 from scan_lightning.data import FolderDataModule
-from scan_lightning.export import export
-from scan_lightning.task import run_entry_point
-from scan_lightning.train import train
+from scan_lightning.utils.config import ConfigError, build
 from tests.helpers.compose import compose_export
 from tests.helpers.images import CLASSES, write_class_folders, write_split_folders
 
@@ -190,7 +190,7 @@ def test_one_epoch_on_a_folder_saves_class_names_for_the_predictor(make_cfg, tmp
 
 
 def test_describe_asks_the_folder_for_its_class_count(make_cfg, tmp_path):
-    from scan_lightning.describe import describe
+    from scan_lightning.cli.describe import describe
 
     root = write_class_folders(tmp_path / "imgs", per_class=4)
     costs = describe(make_cfg(*TINY, f"data.root={root}"))

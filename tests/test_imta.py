@@ -158,7 +158,7 @@ def _section_param_grads(net, x, exits) -> list[torch.Tensor]:
 
 
 def _small_msdnet(make_cfg, ge_scales: str):
-    from scan_lightning.config import build
+    from scan_lightning.utils.config import build
 
     cfg = make_cfg("model=msdnet_cifar_anytime", "data=synthetic", f"model.ge_scales={ge_scales}",
                    "model.backbone.num_blocks=4", "model.backbone.step=1", "model.backbone.base=1",

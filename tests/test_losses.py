@@ -7,9 +7,9 @@ from hydra.errors import InstantiationException
 from omegaconf.errors import InterpolationResolutionError
 from torch.nn import functional as F
 
-from scan_lightning.config import build
 from scan_lightning.losses import CrossEntropy, Distillation, FeatureHint, LossComposer
 from scan_lightning.models.outputs import ExitOutputs
+from scan_lightning.utils.config import build
 from tests.helpers.references import hand_kl
 
 

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 from torchvision import datasets
 
-from scan_lightning.config import build
-from scan_lightning.inference import measure_costs
-from scan_lightning.inference.deploy import fold_batchnorm
+from scan_lightning.cli.train import train
+from scan_lightning.cost import measure_costs
 from scan_lightning.models import MultiExitNetwork, build_backbone
-from scan_lightning.train import train
+from scan_lightning.runtime.forms import fold_batchnorm
+from scan_lightning.utils.config import build
 from tests.helpers.images import make_image_folder, write_cifar100
 from tests.helpers.networks import small_msdnet
 from tests.helpers.references import assert_predictor_matches_median_thresholds
@@ -99,7 +99,7 @@ def test_msdnet_imagenet_fast_dev_run(make_cfg, tmp_path):
 
 
 def test_feature_hint_on_unequal_exit_widths_is_rejected_before_training(make_cfg, tmp_path):
-    from scan_lightning.train import ConfigError
+    from scan_lightning.cli.train import ConfigError
 
     cfg = make_cfg("model=msdnet_imagenet", "data=synthetic", "loss=scan")  # exit widths 384 ... 560
     with pytest.raises(ConfigError, match="loss term 'hint': the feature hint needs equal feature widths; exit 0"):
@@ -110,7 +110,7 @@ def test_feature_hint_on_unequal_exit_widths_is_rejected_before_training(make_cf
 def test_describe_counts_like_the_public_op_counter(make_cfg, caplog):
     from omegaconf import open_dict
 
-    from scan_lightning.describe import describe
+    from scan_lightning.cli.describe import describe
 
     cfg = make_cfg("model=msdnet_cifar_budgeted", "data=cifar100")
     with open_dict(cfg):

@@ -7,8 +7,8 @@ from fnmatch import fnmatch
 import pytest
 import torch
 
-from scan_lightning.config import ConfigError
-from scan_lightning.train import train
+from scan_lightning.cli.train import train
+from scan_lightning.utils.config import ConfigError
 
 TINY = ["experiment=imta_ablation_fashion", "data=synthetic", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
         "phases.phase2.trainer.max_epochs=1", "data.batch_size=16"]

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from scan_lightning.inference import EarlyExitPredictor, ExitPolicy, check_thresholds, measure_costs
+from scan_lightning.cost import measure_costs
+from scan_lightning.policy import ExitPolicy, check_thresholds
+from scan_lightning.runtime import EarlyExitPredictor
 from tests.helpers.networks import small_net
 
 

@@ -13,11 +13,12 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import scan_lightning
-from scan_lightning.inference import ExitCache, ExitPolicy, evaluate_thresholds, exit_confidence, measure_costs
-from scan_lightning.inference.deploy import deploy
-from scan_lightning.inference.predictor import EarlyExitPredictor
-from scan_lightning.module import MultiExitModule
-from scan_lightning.train import train
+from scan_lightning.cli.train import train
+from scan_lightning.cost import measure_costs
+from scan_lightning.export import deploy
+from scan_lightning.policy import ExitCache, ExitPolicy, evaluate_thresholds, exit_confidence
+from scan_lightning.runtime.predictor import EarlyExitPredictor
+from scan_lightning.training.module import MultiExitModule
 from tests.helpers.compose import compose_cfg
 from tests.helpers.networks import scan_net, small_net
 from tests.helpers.references import compute_all_then_choose
@@ -173,7 +174,7 @@ def test_predictor_from_export_matches_the_checkpoint(run, tmp_path):
     from_ckpt = scan_lightning.Predictor.from_checkpoint(ckpt, thresholds=thresholds)
     net = MultiExitModule.load_from_checkpoint(ckpt, weights_only=True, map_location="cpu").net
     costs = measure_costs(net, (3, 32, 32))
-    from scan_lightning.inference.export import export_onnx, export_torchscript
+    from scan_lightning.export.formats import export_onnx, export_torchscript
 
     paths = [export_torchscript(deploy(net), from_ckpt.policy, costs, tmp_path / "model.pt")]
     try:

@@ -5,11 +5,11 @@ import pytest
 import torch
 import torchvision
 
-from scan_lightning.builders import build_module
-from scan_lightning.checkpoints import load_module
-from scan_lightning.config import ConfigError
+from scan_lightning.cli.train import train
 from scan_lightning.models.pretrained import weights_file
-from scan_lightning.train import train
+from scan_lightning.training.builders import build_module
+from scan_lightning.training.module import load_module
+from scan_lightning.utils.config import ConfigError
 
 MODEL = "mobilenet_v3_small"
 CUTS = "[features.3,features.8,features.12]"

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from scan_lightning.config import ConfigError, RunStopped
-from scan_lightning.module import TrainingDiverged
-from scan_lightning.train import train
+from scan_lightning.cli.train import train
+from scan_lightning.training.module import TrainingDiverged
+from scan_lightning.utils.config import ConfigError, RunStopped
 from tests.helpers.compose import compose_cfg
 from tests.helpers.runs import FAST, run_cli, start_run
 

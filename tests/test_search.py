@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from scan_lightning.inference import (
+from scan_lightning.cli.train import ConfigError, train
+from scan_lightning.cost.latency import LatencyTable
+from scan_lightning.cost.macs import CostTable, ExitCost, exit_cost_vector
+from scan_lightning.evaluation.analysis import Scorer, pick_budget, resolve_fallback, search_and_score
+from scan_lightning.policy import (
     ExitCache,
     ExitPolicy,
     budget_proportions,
@@ -22,10 +26,6 @@ from scan_lightning.inference import (
     evaluate_thresholds,
     genetic_search,
 )
-from scan_lightning.inference.analysis import Scorer, pick_budget, resolve_fallback, search_and_score
-from scan_lightning.inference.cost import CostTable, ExitCost, exit_cost_vector
-from scan_lightning.inference.latency import LatencyTable
-from scan_lightning.train import ConfigError, train
 
 
 # --- SCAN's genetic algorithm -------------------------------------------------------------------------------

@@ -21,9 +21,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from scan_lightning.builders import build_module
-from scan_lightning.config import ConfigError
-from scan_lightning.train import swept_metric, train_for_sweep
+from scan_lightning.cli.train import swept_metric, train_for_sweep
+from scan_lightning.training.builders import build_module
+from scan_lightning.utils.config import ConfigError
 from tests.helpers.compose import CONF
 
 README = Path(__file__).resolve().parents[1] / "README.md"

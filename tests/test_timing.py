@@ -6,11 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scan_lightning.inference import ExitPolicy, measure_costs
-from scan_lightning.inference.deploy import DeployOptions, deploy
-from scan_lightning.inference.latency import LatencyTable, measure_latency
-from scan_lightning.inference.predictor import EarlyExitPredictor
-from scan_lightning.inference.timing import SideTiming, measure_wall_clock, speed_phrase
+from scan_lightning.cost import measure_costs
+from scan_lightning.cost.latency import LatencyTable
+from scan_lightning.export import deploy
+from scan_lightning.policy import ExitPolicy
+from scan_lightning.runtime.forms import DeployOptions
+from scan_lightning.runtime.predictor import EarlyExitPredictor
+from scan_lightning.runtime.timing import SideTiming, measure_latency, measure_wall_clock, speed_phrase
 from tests.helpers.networks import scan_net
 
 
@@ -51,7 +53,7 @@ def test_speed_phrases_never_say_fewer():
 
 
 def test_bad_deploy_and_timing_settings_are_one_clear_error():
-    from scan_lightning.inference.pipeline import check_timing
+    from scan_lightning.evaluation.pipeline import check_timing
 
     with pytest.raises(ValueError, match=r"timing.deploy has unknown keys \['fuse'\]"):
         check_timing({"deploy": {"fuse": True}})

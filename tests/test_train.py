@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from scan_lightning.cli.train import train
 from scan_lightning.data.fashion_mnist import DEBIAN_DIR, IDX_FILES
-from scan_lightning.train import train
 from tests.helpers.runs import FAST, run_cli
 
 

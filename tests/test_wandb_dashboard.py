@@ -15,11 +15,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
 from omegaconf import open_dict
 
-from scan_lightning.config import to_plain
-from scan_lightning.config_tree import print_config_tree
-from scan_lightning.evaluate import evaluate
-from scan_lightning.plots import figure_accuracy_vs_macs, figure_exit_histogram, run_title
-from scan_lightning.train import train
+from scan_lightning.cli.evaluate import evaluate
+from scan_lightning.cli.train import train
+from scan_lightning.reporting.config_tree import print_config_tree
+from scan_lightning.reporting.plots import figure_accuracy_vs_macs, figure_exit_histogram, run_title
+from scan_lightning.utils.config import to_plain
 from tests.helpers.compose import CONF, compose_cfg
 from tests.helpers.wandb_offline import read_run, records
 

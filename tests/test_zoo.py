@@ -6,11 +6,11 @@ import torch
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
-from scan_lightning.config import build
-from scan_lightning.inference import measure_costs
-from scan_lightning.inference.cost import count_params
+from scan_lightning.cli.train import train
+from scan_lightning.cost import measure_costs
+from scan_lightning.cost.macs import count_params
 from scan_lightning.models import MultiExitNetwork, build_backbone, list_backbones
-from scan_lightning.train import train
+from scan_lightning.utils.config import build
 from tests.helpers.compose import options
 from tests.helpers.images import make_image_folder
 

@@ -27,16 +27,16 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from scan_lightning.config import build, config_dir
+from scan_lightning.cost.macs import measure_costs
 from scan_lightning.data.base import input_shape
-from scan_lightning.inference import ExitCache, ExitPolicy, budget_proportions, budgeted_thresholds, genetic_search
-from scan_lightning.inference.cost import measure_costs
-from scan_lightning.inference.deploy import DeployedNetwork, DeployOptions, deploy
-from scan_lightning.inference.latency import measure_latency
-from scan_lightning.inference.memory import retain_freed_memory
-from scan_lightning.inference.predictor import EarlyExitPredictor
-from scan_lightning.inference.timing import mac_phrase, speed_phrase, time_early_exit
+from scan_lightning.export import deploy
 from scan_lightning.models.outputs import exit_name
+from scan_lightning.policy import ExitCache, ExitPolicy, budget_proportions, budgeted_thresholds, genetic_search
+from scan_lightning.runtime.forms import DeployedNetwork, DeployOptions
+from scan_lightning.runtime.memory import retain_freed_memory
+from scan_lightning.runtime.predictor import EarlyExitPredictor
+from scan_lightning.runtime.timing import mac_phrase, measure_latency, speed_phrase, time_early_exit
+from scan_lightning.utils.config import build, config_dir
 
 NETWORKS = {  # name: (overrides, images per batch size, timed passes)
     "quickstart resnet18_cpu @ fashion_mnist": (["model=resnet18_cpu", "data=fashion_mnist"], 1024, 5),
@@ -62,7 +62,7 @@ def config_net(overrides: list[str]):
 
 
 def checkpoint_net(path: str):
-    from scan_lightning.module import MultiExitModule
+    from scan_lightning.training.module import MultiExitModule
 
     module = MultiExitModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     d = module.hparams.run_config["data"]

@@ -24,7 +24,7 @@ Both methods get the same data, the same backbone and the same training budget:
   scaling fitted on the temperature split. Ours: GA (several beta, both fallbacks) and budgeted-search
   threshold candidates scored on the threshold split; the cheapest (mean honest MACs) whose drop from our
   final exit is at most d at 90 % one-sided confidence (paired bound, :func:`pick_operating_point`). Temperatures: :func:`scan_temperatures` (the hook; 1.0 until
-  ``scan_lightning.inference.calibration.fit_temperatures`` exists).
+  ``scan_lightning.policy.calibration.fit_temperatures`` exists).
 - **MACs**: ``torch.utils.flop_counter`` (conv + matmul MACs) for both. A sample leaving at exit k paid every
   section and every exit branch it ran up to k (ours: ``measure_costs``; earlyon: backbone prefix + every
   *enabled* head up to k, since its hooks run only enabled heads). Fractions are of the plain ResNet18
@@ -79,7 +79,7 @@ def compose_scan_config(lr: float = 0.05, epochs: int = 2, seed: int = 0, train_
     """Our Hydra config for the SCAN ResNet18 on Fashion-MNIST, with this benchmark's overrides."""
     from hydra import compose, initialize_config_dir
 
-    from scan_lightning.config import config_dir
+    from scan_lightning.utils.config import config_dir
 
     overrides = ["model=resnet18", "data=fashion_mnist", "loss=scan_code", "logger=none", "callbacks=none",
                  f"optim.optimizer.lr={lr}", f"trainer.max_epochs={epochs}", f"seed={seed}",
@@ -103,7 +103,7 @@ def make_split(path: Path, seed: int, train_images: int) -> dict:
         split = torch.load(path, weights_only=True)
         if split["seed"] == seed and split["train_x"].shape[0] == train_images:
             return split
-    from scan_lightning.config import build
+    from scan_lightning.utils.config import build
 
     cfg = compose_scan_config(seed=seed, train_images=train_images)
     dm = build(cfg.data)
@@ -177,10 +177,10 @@ def build_earlyon(seed: int):
 
 
 def build_scan(lr: float, epochs: int, seed: int, train_images: int):
-    """Our LightningModule from the composed config (``scan_lightning.builders.build_module``) and the config."""
+    """Our LightningModule from the composed config (``scan_lightning.training.builders.build_module``) and the config."""
     import pytorch_lightning as pl
 
-    from scan_lightning.builders import build_module
+    from scan_lightning.training.builders import build_module
 
     cfg = compose_scan_config(lr, epochs, seed, train_images)
     pl.seed_everything(seed, workers=True, verbose=False)
@@ -188,7 +188,7 @@ def build_scan(lr: float, epochs: int, seed: int, train_images: int):
 
 
 def load_scan(path: Path):
-    from scan_lightning.config import build
+    from scan_lightning.utils.config import build
 
     ckpt = torch.load(path, weights_only=True)
     net = build(ckpt["model_config"], key="model")
@@ -232,7 +232,7 @@ def train_job(job: dict) -> dict:
     if method == "scan":
         import pytorch_lightning as pl
 
-        from scan_lightning.config import to_plain
+        from scan_lightning.utils.config import to_plain
 
         module, cfg = build_scan(lr, epochs, seed, split["train_x"].shape[0])
         trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False,
@@ -356,13 +356,13 @@ def run_train_stage(args, split_path: Path) -> None:
 def scan_temperatures(temp_cache, num_exits: int) -> tuple[list[float], str]:
     """THE TEMPERATURE HOOK for our side: per-exit temperatures fitted on the *temperature* split.
 
-    Uses ``scan_lightning.inference.calibration.fit_temperatures(cache) -> list[float]`` when that module
+    Uses ``scan_lightning.policy.calibration.fit_temperatures(cache) -> list[float]`` when that module
     exists; 1.0 for every exit until then.
     """
     try:
-        from scan_lightning.inference.calibration import fit_temperatures
+        from scan_lightning.policy.calibration import fit_temperatures
     except ImportError:
-        return [1.0] * num_exits, "1.0 (scan_lightning.inference.calibration.fit_temperatures not available)"
+        return [1.0] * num_exits, "1.0 (scan_lightning.policy.calibration.fit_temperatures not available)"
     temps = [float(t) for t in fit_temperatures(temp_cache)]
     return temps, "fit_temperatures on the temperature split"
 
@@ -370,8 +370,8 @@ def scan_temperatures(temp_cache, num_exits: int) -> tuple[list[float], str]:
 def scan_candidates(val, costs, temps: list[float]) -> list[dict]:
     """Threshold vectors to choose from, all searched on ``val`` at the exits' temperatures: "never exit",
     the GA (SCAN Algorithm 2) at several beta, and the budgeted (MSDNet) sweep, each with both fallbacks."""
-    from scan_lightning.inference.analysis import Scorer
-    from scan_lightning.inference.search import budget_sweep, genetic_search
+    from scan_lightning.evaluation.analysis import Scorer
+    from scan_lightning.policy.search import budget_sweep, genetic_search
 
     k = val.num_exits
     cands = [{"source": "never exit", "thresholds": [1.0] * k, "fallback": fb} for fb in ("deepest", "ensemble")]
@@ -392,7 +392,7 @@ CONFIDENCE_Z = 1.2816   # one-sided 90 % normal quantile
 
 def policy_correct(cache, policy) -> torch.Tensor:
     """(N,) whether the predictor under ``policy`` gets each cached sample right."""
-    from scan_lightning.inference.policy import choose_exits
+    from scan_lightning.policy.exit_policy import choose_exits
 
     chosen = choose_exits(cache.confidence(policy.temperatures), torch.as_tensor(policy.thresholds, dtype=torch.float32))
     return cache.outcome(policy.fallback).gather(0, chosen[None])[0]
@@ -418,7 +418,7 @@ def pick_operating_point(cands: list[dict], drop: float) -> dict:
 
 def scan_simulated_predictions(cache, policy) -> torch.Tensor:
     """Per-sample predictions the predictor gives, from cached logits (for the equivalence check)."""
-    from scan_lightning.inference.policy import choose_exits
+    from scan_lightning.policy.exit_policy import choose_exits
 
     conf = torch.stack([policy.confidence(cache.logits[i], i)[0] for i in range(cache.num_exits)])
     chosen = choose_exits(conf, torch.tensor(policy.thresholds, dtype=torch.float32))
@@ -430,7 +430,7 @@ def scan_simulated_predictions(cache, policy) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------ earlyon side
 def earlyon_costs(model) -> dict:
     """Honest MACs of earlyon's network (flop_counter): each backbone child and each exit head."""
-    from scan_lightning.inference.cost import count_macs
+    from scan_lightning.cost.macs import count_macs
 
     model.eval()
     with torch.no_grad():
@@ -566,8 +566,9 @@ def time_scan(net, policy, costs, images: torch.Tensor, rivals: list[Side] = (),
     predictor. Both are timed in the same interleaved run; ``"scan"`` reports the faster form at each batch size
     (images/s at 256, p50 at 1), as earlyon's best of its eager wrapper and ``StagedModel`` is reported.
     """
-    from scan_lightning.inference.deploy import DeployOptions, deploy
-    from scan_lightning.inference.predictor import EarlyExitPredictor
+    from scan_lightning.export import deploy
+    from scan_lightning.runtime.forms import DeployOptions
+    from scan_lightning.runtime.predictor import EarlyExitPredictor
 
     forms = {"scan_torch": DeployOptions()}
     try:
@@ -605,9 +606,9 @@ def run_evaluate_stage(args, split: dict) -> dict:
     from earlyon.core.thresholds import HeadLogits, calibrate_thresholds, collect_head_logits, simulate_policy
     from earlyon.staged import staged_model
 
-    from scan_lightning.inference.cache import ExitCache, collect_outputs, evaluate_thresholds
-    from scan_lightning.inference.cost import measure_costs
-    from scan_lightning.inference.policy import ExitPolicy
+    from scan_lightning.cost.macs import measure_costs
+    from scan_lightning.policy.cache import ExitCache, collect_outputs, evaluate_thresholds
+    from scan_lightning.policy.exit_policy import ExitPolicy
 
     torch.set_num_threads(args.eval_threads)
     t_start = time.perf_counter()

@@ -31,10 +31,11 @@ def child(side: str, repeats: int) -> dict:
     sys.path.insert(0, str(Path(__file__).parent))
     from early_exit_speed import config_net
 
-    from scan_lightning.inference.cost import measure_costs
-    from scan_lightning.inference.deploy import DeployOptions, deploy
-    from scan_lightning.inference.latency import measure_latency
-    from scan_lightning.inference.memory import retain_freed_memory
+    from scan_lightning.cost.macs import measure_costs
+    from scan_lightning.export import deploy
+    from scan_lightning.runtime.forms import DeployOptions
+    from scan_lightning.runtime.memory import retain_freed_memory
+    from scan_lightning.runtime.timing import measure_latency
 
     torch.manual_seed(0)
     net, shape = config_net(["model=resnet18", "data=cifar100"])

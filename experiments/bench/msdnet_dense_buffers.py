@@ -27,8 +27,9 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).parent))
 from early_exit_speed import commit, config_net  # noqa: E402
 
-from scan_lightning.inference.deploy import DeployOptions, _fold_sequential_pairs, deploy  # noqa: E402
+from scan_lightning.export import deploy
 from scan_lightning.models.msdnet import DenseConv, DenseMultiScaleLayer, FirstLayer, Transition  # noqa: E402
+from scan_lightning.runtime.forms import DeployOptions, _fold_sequential_pairs  # noqa: E402
 
 
 def new_channels(conv: DenseConv) -> int:

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from scan_lightning.builders import build_module
-from scan_lightning.config import config_dir
-from scan_lightning.inference.cost import measure_costs
+from scan_lightning.cost.macs import measure_costs
+from scan_lightning.training.builders import build_module
+from scan_lightning.utils.config import config_dir
 
 VARIANTS = {"plain": ["model.exit_after=[4]", "loss=single", "~loss.terms.ce"], "scan": []}
 

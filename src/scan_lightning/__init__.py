@@ -1,5 +1,5 @@
 """scan_lightning: multi-exit image classifiers (SCAN, IMTA) on PyTorch Lightning + Hydra."""
-import scan_lightning.config  # noqa: F401  (registers the ${sl.*} config resolvers, once)
+import scan_lightning.utils.config  # noqa: F401  (registers the ${sl.*} config resolvers, once)
 
 __version__ = "0.1.0"
 

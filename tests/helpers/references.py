@@ -7,7 +7,9 @@ import math
 
 import torch
 
-from scan_lightning.inference import EarlyExitPredictor, ExitPolicy, exit_confidence, measure_costs
+from scan_lightning.cost import measure_costs
+from scan_lightning.policy import ExitPolicy, exit_confidence
+from scan_lightning.runtime import EarlyExitPredictor
 
 
 def hand_kl(student: torch.Tensor, teacher: torch.Tensor, t: float) -> float:

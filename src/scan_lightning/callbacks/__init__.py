@@ -1,8 +1,8 @@
-"""Callbacks: the post-fit threshold search, the checkpoint a stopped run leaves, generator state for resume, the
-W&B dashboard during fit."""
-from scan_lightning.callbacks.interrupt import InterruptCheckpoint
-from scan_lightning.callbacks.rng_state import RngState
-from scan_lightning.callbacks.threshold_search import ThresholdSearch
-from scan_lightning.callbacks.wandb_dashboard import WandbDashboard
+"""Deprecated: the callbacks live in :mod:`scan_lightning.training.callbacks`."""
+import warnings
 
+from scan_lightning.training.callbacks import InterruptCheckpoint, RngState, ThresholdSearch, WandbDashboard
+
+warnings.warn("scan_lightning.callbacks is deprecated; import scan_lightning.training.callbacks", DeprecationWarning,
+              stacklevel=2)
 __all__ = ["InterruptCheckpoint", "RngState", "ThresholdSearch", "WandbDashboard"]

@@ -17,7 +17,7 @@ from scan_lightning.data.base import SplitDataModule, Transform
 from scan_lightning.data.image_folder import LAYOUT, ClassFolder, FolderLayout
 from scan_lightning.data.presets import check_augment, compose, eval_geometry, train_geometry
 from scan_lightning.data.stats import channel_stats, sample_indices
-from scan_lightning.logs import get_logger
+from scan_lightning.utils.logs import get_logger
 
 log = get_logger(__name__)
 

@@ -1,0 +1,81 @@
+"""The deployment form on onnxruntime: every section and exit exported to ONNX, run by ORT sessions.
+
+It offers the interface of :class:`~scan_lightning.runtime.forms.DeployedNetwork` (``prepare``, ``section``,
+``exit``, ``deep``, ``plain``, ``all_exits``), so the same :class:`EarlyExitPredictor` routing (compaction,
+fallback) and the same timing code drive it; tensors cross to and from ORT without copies. At batch 1 it
+removes most of eager PyTorch's per-layer overhead. Needs the ``deploy`` extra (onnx, onnxruntime).
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from scan_lightning.cost.macs import CostTable
+from scan_lightning.export.formats import export_onnx
+from scan_lightning.export.onnx_runner import OnnxEarlyExit
+from scan_lightning.models.multi_exit import SectionOutput
+from scan_lightning.policy.exit_policy import ExitPolicy
+from scan_lightning.runtime.forms import DeployedNetwork
+
+
+class OrtNetwork:
+    """``net``'s sections and exits as ONNX graphs on onnxruntime's CPU provider (threads: torch's)."""
+
+    def __init__(self, net: DeployedNetwork, costs: CostTable, directory: str | Path | None = None) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="scan_ort_") if directory is None else None
+        folder = Path(directory if directory is not None else self._tmp.name)
+        export_onnx(net, ExitPolicy.create([1.0] * net.num_exits), costs, folder, exporter="legacy")
+        runner = OnnxEarlyExit(folder, threads=torch.get_num_threads(), spinning=False)
+        self._sections, self._exits = runner.sections, runner.exits
+        self.num_exits, self.num_classes, self.isc = net.num_exits, net.num_classes, net.isc
+        self.options = net.options
+        self.device = torch.device("cpu")
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.detach().to("cpu", torch.float32).contiguous()
+
+    def section(self, i: int, h: SectionOutput) -> list[torch.Tensor]:
+        session, names, _ = self._sections[i]
+        maps = h if isinstance(h, (list, tuple)) else [h]
+        outs = session.run(None, {n: t.contiguous().numpy() for n, t in zip(names, maps)})
+        return [torch.from_numpy(o) for o in outs]
+
+    def exit(self, i: int, h: SectionOutput, previous: torch.Tensor | None) -> torch.Tensor:
+        session, names, uses_previous = self._exits[i]
+        coarsest = h[-1] if isinstance(h, (list, tuple)) else h
+        feed = {names[0]: coarsest.contiguous().numpy()}
+        if uses_previous:
+            feed[names[1]] = previous.contiguous().numpy()
+        return torch.from_numpy(session.run(None, feed)[0])
+
+    def deep(self, h: SectionOutput) -> torch.Tensor:
+        """The deepest exit's graph (with ISC it is fed zeros for the previous logits)."""
+        session, names, uses_previous = self._exits[-1]
+        coarsest = h[-1] if isinstance(h, (list, tuple)) else h
+        feed = {names[0]: coarsest.contiguous().numpy()}
+        if uses_previous:
+            feed[names[1]] = torch.zeros(coarsest.shape[0], self.num_classes).numpy()
+        return torch.from_numpy(session.run(None, feed)[0])
+
+    @torch.inference_mode()
+    def plain(self, x: torch.Tensor) -> torch.Tensor:
+        """Every section, then the deepest exit's graph; with ISC (whose deepest classifier reads the previous
+        exits) every exit."""
+        if self.isc is not None:
+            return self.all_exits(x)[-1]
+        h: SectionOutput = self.prepare(x)
+        for i in range(self.num_exits):
+            h = self.section(i, h)
+        return self.deep(h)
+
+    @torch.inference_mode()
+    def all_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h: SectionOutput = self.prepare(x)
+        logits, out = None, []
+        for i in range(self.num_exits):
+            h = self.section(i, h)
+            logits = self.exit(i, h, logits)
+            out.append(logits)
+        return out

@@ -1,0 +1,60 @@
+"""All exits' logits on a dataset, computed once; threshold searches are pure tensor work on them."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from rich.progress import track
+
+from scan_lightning.models.multi_exit import MultiExitNetwork
+from scan_lightning.policy.exit_policy import check_fallback, exit_confidence
+
+
+@dataclass
+class ExitCache:
+    logits: torch.Tensor   # (K, N, C)
+    labels: torch.Tensor   # (N,)
+
+    @property
+    def num_exits(self) -> int:
+        return self.logits.shape[0]
+
+    def confidence(self, temperatures: Sequence[float] | None = None) -> torch.Tensor:
+        """(K, N) max softmax per exit at its temperature."""
+        temps = temperatures or [1.0] * self.num_exits
+        return torch.stack([exit_confidence(lg, t)[0] for lg, t in zip(self.logits, temps)])
+
+    def correct(self) -> torch.Tensor:
+        """(K + 1, N) booleans: is each exit, then the ensemble, right on each sample."""
+        preds = torch.cat([self.logits.argmax(-1), self.logits.mean(0).argmax(-1)[None]])
+        return preds == self.labels[None]
+
+    def outcome(self, fallback: str = "ensemble") -> torch.Tensor:
+        """(K + 1, N): is each exit right, then the prediction for samples no exit claims (``fallback``)."""
+        check_fallback(fallback)
+        correct = self.correct()
+        return correct if fallback == "ensemble" else torch.cat([correct[:-1], correct[-2:-1]])
+
+    def accuracy(self) -> torch.Tensor:
+        """(K + 1,) accuracy of each exit and of the ensemble."""
+        return self.correct().float().mean(1)
+
+
+@torch.no_grad()
+def collect_outputs(net: MultiExitNetwork, batches: Iterable, device: torch.device | str = "cpu",
+                    progress: str | None = None) -> ExitCache:
+    """Run the whole network once over ``batches`` of ``(x, y)`` in eval mode; ``progress``: a label to show a
+    progress bar under (``None``: silent)."""
+    was_training = net.training
+    net.eval()
+    logits, labels = [], []
+    if progress is not None:
+        batches = track(batches, description=progress, transient=True)
+    try:
+        for x, y in batches:
+            logits.append(torch.stack(net(x.to(device)).logits).float().cpu())
+            labels.append(y.cpu())
+    finally:
+        net.train(was_training)
+    return ExitCache(torch.cat(logits, dim=1), torch.cat(labels))

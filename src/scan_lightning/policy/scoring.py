@@ -1,0 +1,69 @@
+"""Exit policies scored on cached outputs: what the real early-exit predictor would give, in honest MACs and,
+with a latency table, in measured milliseconds; exit branches a policy skips are not charged."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from scan_lightning.cost.latency import LatencyTable
+from scan_lightning.cost.macs import CostTable
+from scan_lightning.policy.cache import ExitCache
+from scan_lightning.policy.exit_policy import ExitPolicy, choose_exits, skipped_heads
+
+
+@dataclass
+class DynamicResult:
+    """Threshold-controlled inference on a cached dataset."""
+
+    accuracy: float
+    mean_macs: float
+    exit_fractions: list[float]   # K exits, then the fallback (no exit claimed the sample)
+    mean_ms: float | None = None  # with a latency table: predicted ms per image
+
+    def to_dict(self) -> dict:
+        out = {"accuracy": self.accuracy, "mean_macs": self.mean_macs, "exit_fractions": self.exit_fractions}
+        return out if self.mean_ms is None else {**out, "mean_ms": self.mean_ms}
+
+
+def evaluate_thresholds(cache: ExitCache, policy: ExitPolicy, exit_macs: torch.Tensor,
+                        exit_ms: torch.Tensor | None = None) -> DynamicResult:
+    """What :class:`EarlyExitPredictor` would give under ``policy``, from cached logits. ``exit_macs`` (and
+    ``exit_ms``, a latency table's per-image time): (K + 1,) costs of leaving at each exit, then the fallback."""
+    policy.for_exits(cache.num_exits)
+    chosen = choose_exits(cache.confidence(policy.temperatures), torch.as_tensor(policy.thresholds, dtype=torch.float32))
+    correct = cache.outcome(policy.fallback).gather(0, chosen[None])[0]
+    fractions = torch.bincount(chosen, minlength=cache.num_exits + 1).float() / chosen.numel()
+    ms = None if exit_ms is None else exit_ms[chosen].double().mean().item()
+    return DynamicResult(correct.float().mean().item(), exit_macs[chosen].double().mean().item(), fractions.tolist(), ms)
+
+
+class Scorer:
+    """Scores exit policies on cached outputs in both cost units: honest MACs and, with a latency table,
+    measured ms per image; speed-ups against the plain network in each. Exit branches a policy skips
+    (:func:`skipped_heads`) are not charged."""
+
+    def __init__(self, costs: CostTable, latency: LatencyTable | None = None) -> None:
+        self.costs, self.latency = costs, latency
+
+    def __call__(self, cache: ExitCache, policy: ExitPolicy) -> dict[str, Any]:
+        skipped = torch.tensor(policy.skipped_heads(self.costs.chained))
+        exit_ms = self.latency.exit_times(skipped) if self.latency is not None else None
+        res = evaluate_thresholds(cache, policy, self.costs.exit_macs(skipped), exit_ms).to_dict()
+        res["speedup_plain"] = self.costs.plain_macs / res["mean_macs"]
+        res["speedup_deepest"] = self.costs.ensemble_macs / res["mean_macs"]
+        if self.latency is not None:
+            res["latency_speedup_plain"] = self.latency.plain_ms / res["mean_ms"]
+        return res
+
+    def cost_model(self, cost: str, fallback: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], float]:
+        """In ``cost`` units (``macs`` or ``latency``): the exit costs of each threshold vector ((P, K) ->
+        (P, K + 1), skipped exit branches not charged) and the plain network's cost."""
+        if cost == "latency" and self.latency is None:
+            raise ValueError("search.cost=latency needs a latency table (measured in the deployment form)")
+        table = self.latency.exit_times if cost == "latency" else self.costs.exit_macs
+        reference = self.latency.plain_ms if cost == "latency" else float(self.costs.plain_macs)
+        chained = self.costs.chained
+        return (lambda thresholds: table(skipped_heads(thresholds.double(), fallback, chained))), reference

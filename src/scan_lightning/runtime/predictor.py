@@ -1,0 +1,105 @@
+"""Real early exit (SCAN Algorithm 1) by batch compaction, and the equivalent rule on cached outputs.
+
+Walk the exits shallow to deep; a sample leaves at the first exit whose max softmax (at that exit's
+temperature) is above the exit's threshold; a sample no exit claims gets the ensemble (mean of all
+exits' logits; the paper) or, with ``fallback="deepest"``, the deepest exit's answer. After each exit
+only the undecided samples run the next section. An exit branch no decision reads (threshold 1 with the
+deepest-exit fallback and no ISC) is not run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from scan_lightning.cost.macs import CostTable
+from scan_lightning.models.multi_exit import MultiExitNetwork, take_samples
+from scan_lightning.policy.exit_policy import (  # noqa: F401  (re-exported)
+    FALLBACKS,
+    ExitPolicy,
+    check_fallback,
+    check_thresholds,
+    choose_exits,
+    exit_confidence,
+)
+from scan_lightning.runtime.forms import DeployedNetwork, as_deployed
+
+
+@dataclass
+class EarlyExitResult:
+    prediction: torch.Tensor   # (N,) class per sample
+    exit_index: torch.Tensor   # (N,) 0..K-1, or K when no exit claimed the sample (fallback)
+    macs: torch.Tensor         # (N,) MACs each sample paid (honest cumulative count)
+    confidence: torch.Tensor   # (N,) max softmax of the answer (at its exit's temperature; the fallback's at 1)
+
+
+class EarlyExitPredictor:
+    """Runs only what each sample needs, as ``policy`` decides; ``costs`` gives the MACs a sample paid at its exit.
+
+    ``net``: a :class:`MultiExitNetwork` (run as it is) or a :class:`DeployedNetwork` (its deployment form).
+    A batch of one simply stops at its exit; a larger batch is compacted after every exit, so only the
+    undecided samples run the next section.
+    """
+
+    def __init__(self, net: MultiExitNetwork | DeployedNetwork, policy: ExitPolicy, costs: CostTable) -> None:
+        self.net = as_deployed(net)
+        self.policy = policy.for_exits(self.net.num_exits)
+        self.skipped = policy.skipped_heads(chained=self.net.isc is not None)   # branches no decision reads
+        self.exit_macs = costs.exit_macs(torch.tensor(self.skipped))          # the fallback ran every section
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> EarlyExitResult:
+        if x.shape[0] == 1:
+            return self._one(x)
+        net, policy, k = self.net, self.policy, self.net.num_exits
+        n = x.shape[0]
+        prediction = torch.empty(n, dtype=torch.long, device=x.device)
+        confidence = torch.empty(n, device=x.device)
+        exit_index = torch.full((n,), k, dtype=torch.long, device=x.device)
+        alive = torch.arange(n, device=x.device)       # original indices of undecided samples
+        logit_sum = None                               # running sum of their logits (for the ensemble)
+        h, logits = net.prepare(x), None
+        for i in range(k):
+            h = net.section(i, h)
+            if self.skipped[i]:
+                continue
+            logits = net.exit(i, h, logits)
+            logit_sum = logits if logit_sum is None or policy.fallback != "ensemble" else logit_sum + logits
+            conf, pred = policy.confidence(logits, i)
+            fire = conf > policy.thresholds[i]
+            if fire.any():
+                done = alive[fire]
+                prediction[done], confidence[done], exit_index[done] = pred[fire], conf[fire], i
+                keep = ~fire
+                if not keep.any():
+                    break
+                alive, h, logit_sum, logits = alive[keep], take_samples(h, keep), logit_sum[keep], logits[keep]
+        else:
+            conf, pred = exit_confidence(logit_sum / k if policy.fallback == "ensemble" else logits)
+            prediction[alive], confidence[alive] = pred, conf
+        return EarlyExitResult(prediction, exit_index, self.exit_macs.to(x.device)[exit_index], confidence)
+
+    def _one(self, x: torch.Tensor) -> EarlyExitResult:
+        """One sample: no compaction, it stops at the first exit that claims it."""
+        net, policy, k = self.net, self.policy, self.net.num_exits
+        h, logits, logit_sum, index = net.prepare(x), None, None, k
+        for i in range(k):
+            h = net.section(i, h)
+            if self.skipped[i]:
+                continue
+            logits = net.exit(i, h, logits)
+            conf, pred = policy.confidence(logits, i)
+            if conf.item() > policy.thresholds[i]:
+                index = i
+                break
+            logit_sum = logits if logit_sum is None else logit_sum + logits
+        else:
+            conf, pred = exit_confidence(logit_sum / k if policy.fallback == "ensemble" else logits)
+        return EarlyExitResult(pred, torch.tensor([index], device=x.device),
+                               self.exit_macs.to(x.device)[index].reshape(1), conf)
+
+
+@torch.inference_mode()
+def full_network(net: MultiExitNetwork | DeployedNetwork, x: torch.Tensor) -> torch.Tensor:
+    """The deepest exit alone: every section plus the deep head, no shallow exits (the plain network)."""
+    return as_deployed(net).plain(x)

@@ -1,0 +1,185 @@
+"""Wall-clock time of the real early-exit predictor against the plain network, on the same images.
+
+Both sides run the same deployment form (:mod:`scan_lightning.runtime.forms`), interleaved pass by pass so
+that load changes on the machine hit both alike; every call is timed alone (an accelerator is synchronised
+before the clock is read), so each side gets throughput (median pass, with its spread) and per-batch
+latency percentiles. Speed is said as "1.30x faster" or "0.80x the speed", never "x fewer".
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from scan_lightning.cost.latency import LatencyTable
+from scan_lightning.cost.macs import CostTable
+from scan_lightning.policy.exit_policy import ExitPolicy
+from scan_lightning.runtime.forms import DeployedNetwork
+from scan_lightning.runtime.predictor import EarlyExitPredictor
+
+
+def speed_phrase(ratio: float) -> str:
+    """``1.30x faster`` or ``0.80x the speed``."""
+    return f"{ratio:.2f}x faster" if ratio >= 1.0 else f"{ratio:.2f}x the speed"
+
+
+def mac_phrase(ratio: float) -> str:
+    """A MAC ratio (plain / early exit) as ``2.43x fewer MACs`` or, below 1, ``1.27x more MACs``."""
+    return f"{ratio:.2f}x fewer MACs" if ratio >= 1.0 else f"{1.0 / ratio:.2f}x more MACs"
+
+
+class Stopwatch:
+    """Times calls on ``device``, synchronising an accelerator before reading the clock."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
+
+    def ms(self, fn: Callable[[], object]) -> float:
+        self.sync()
+        start = time.perf_counter()
+        fn()
+        self.sync()
+        return 1e3 * (time.perf_counter() - start)
+
+    def median_ms(self, fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+        for _ in range(warmup):
+            fn()
+        return statistics.median(self.ms(fn) for _ in range(repeats))
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+@dataclass
+class SideTiming:
+    """One side's passes over the same images: ms per image (median pass, quartiles), per-call latency."""
+
+    ms_per_image: float
+    ms_per_image_q1: float
+    ms_per_image_q3: float
+    call_p50_ms: float
+    call_p95_ms: float
+
+    @property
+    def images_per_s(self) -> float:
+        return 1e3 / self.ms_per_image
+
+    @classmethod
+    def from_calls(cls, passes: list[list[float]], images: int) -> SideTiming:
+        per_image = [sum(p) / images for p in passes]
+        q = statistics.quantiles(per_image, n=4) if len(per_image) > 1 else per_image * 3
+        calls = [c for p in passes for c in p]
+        return cls(statistics.median(per_image), q[0], q[-1], _percentile(calls, 50), _percentile(calls, 95))
+
+
+def interleaved_calls(fns: list[Callable[[torch.Tensor], object]], batches: list[torch.Tensor], repeats: int,
+                      watch: Stopwatch) -> list[list[list[float]]]:
+    """``repeats`` timed passes of every function over ``batches`` (one warm-up pass each first), the functions
+    alternating pass by pass (their order flipped every round). Returns, per function, per pass, the ms of
+    every call."""
+    for fn in fns:
+        for x in batches:
+            fn(x)
+    out: list[list[list[float]]] = [[] for _ in fns]
+    for r in range(repeats):
+        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
+        for j in order:
+            out[j].append([watch.ms(lambda x=x, f=fns[j]: f(x)) for x in batches])
+    return out
+
+
+@dataclass
+class TimingResult:
+    batch_size: int
+    images: int
+    device: str
+    full: SideTiming
+    early_exit: SideTiming
+    mac_speedup: float      # plain-network MACs / mean honest MACs of the early-exit run, same images
+
+    @property
+    def wall_speedup(self) -> float:
+        return self.full.ms_per_image / self.early_exit.ms_per_image
+
+    @property
+    def efficiency(self) -> float:
+        """wall speed-up / MAC speed-up: how much of the counted saving is real."""
+        return self.wall_speedup / self.mac_speedup
+
+    @property
+    def full_ms_per_image(self) -> float:
+        return self.full.ms_per_image
+
+    @property
+    def early_exit_ms_per_image(self) -> float:
+        return self.early_exit.ms_per_image
+
+    def to_dict(self) -> dict:
+        return {"batch_size": self.batch_size, "images": self.images, "device": self.device,
+                "full": {**asdict(self.full), "images_per_s": self.full.images_per_s},
+                "early_exit": {**asdict(self.early_exit), "images_per_s": self.early_exit.images_per_s},
+                "full_ms_per_image": self.full_ms_per_image, "early_exit_ms_per_image": self.early_exit_ms_per_image,
+                "wall_speedup": self.wall_speedup, "mac_speedup": self.mac_speedup, "efficiency": self.efficiency}
+
+
+@torch.inference_mode()
+def time_early_exit(net: DeployedNetwork, predictor: EarlyExitPredictor, costs: CostTable, images: torch.Tensor,
+                    batch_size: int, repeats: int = 5) -> TimingResult:
+    """Time the plain network and the early-exit predictor over ``images`` in batches of ``batch_size``."""
+    device = net.device
+    batches = list(images.to(device).split(batch_size))
+    n = images.shape[0]
+    full, early = interleaved_calls([net.plain, predictor], batches, repeats, Stopwatch(device))
+    macs = torch.cat([predictor(x).macs for x in batches]).double().mean().item()
+    return TimingResult(batch_size, n, str(device), SideTiming.from_calls(full, n), SideTiming.from_calls(early, n),
+                        costs.plain_macs / macs)
+
+
+def measure_wall_clock(net: DeployedNetwork, costs: CostTable, policy: ExitPolicy, images: torch.Tensor,
+                       batch_sizes: Iterable[int] = (1, 256), repeats: int = 5) -> list[TimingResult]:
+    """:func:`time_early_exit` at each batch size, the predictor at ``policy``, both sides in ``net``'s form."""
+    predictor = EarlyExitPredictor(net, policy, costs)
+    return [time_early_exit(net, predictor, costs, images, int(bs), int(repeats)) for bs in batch_sizes]
+
+
+def first_images(batches: Iterable, n: int) -> torch.Tensor:
+    """The first ``n`` images of an iterable of ``(x, y)`` batches."""
+    taken, count = [], 0
+    for x, _ in batches:
+        taken.append(x)
+        count += x.shape[0]
+        if count >= n:
+            break
+    return torch.cat(taken)[:n]
+
+
+@torch.inference_mode()
+def measure_latency(net: DeployedNetwork, images: torch.Tensor, batch_size: int = 1, repeats: int = 20
+                    ) -> LatencyTable:
+    """Time each section and each exit of ``net`` on ``batch_size`` of ``images`` (median of ``repeats``)."""
+    x = net.prepare(images[:batch_size])
+    watch = Stopwatch(x.device)
+    hs, h = [], x
+    for i in range(net.num_exits):      # the input each section sees
+        hs.append(h)
+        h = net.section(i, h)
+    sections, exits, previous = [], [], None
+    for i in range(net.num_exits):
+        h_in = hs[i]
+        out = net.section(i, h_in)
+        sections.append(watch.median_ms(lambda i=i, h=h_in: net.section(i, h), repeats) / batch_size)
+        exits.append(watch.median_ms(lambda i=i, h=out, p=previous: net.exit(i, h, p), repeats) / batch_size)
+        previous = net.exit(i, out, previous)
+    deep = watch.median_ms(lambda: net.deep(out), repeats) / batch_size
+    return LatencyTable(batch_size, str(x.device), sections, exits, deep)

@@ -1,0 +1,1 @@
+"""Training: the LightningModule, building from config, run directories, phases, callbacks, checkpoints."""
