@@ -12,17 +12,11 @@ import torch
 from torch import nn
 
 from scan_lightning.cost import measure_costs
+from scan_lightning.export import deploy
 from scan_lightning.models.heads import AttentionModule
 from scan_lightning.policy import ExitPolicy
 from scan_lightning.runtime import memory
-from scan_lightning.runtime.forms import (
-    DeployedNetwork,
-    DeployOptions,
-    InPlaceAttention,
-    PatchMatmul,
-    deploy,
-    fold_batchnorm,
-)
+from scan_lightning.runtime.forms import DeployedNetwork, DeployOptions, InPlaceAttention, PatchMatmul, fold_batchnorm
 from scan_lightning.runtime.predictor import EarlyExitPredictor
 from tests.helpers.networks import scan_net, small_msdnet, small_net
 
@@ -101,7 +95,7 @@ def fake_mallopt(monkeypatch):
 
 
 def test_retain_memory_tunes_malloc_once(fake_mallopt):
-    deploy(small_net(), DeployOptions(retain_memory=False))
+    deploy(small_net(), DeployOptions.default(retain_memory=False))
     assert fake_mallopt.calls == []
     deploy(small_net())
     deploy(small_net())

@@ -10,31 +10,34 @@ import sys
 import pytest
 
 from scan_lightning.cli.evaluate import evaluate
+from scan_lightning.evaluation.result import PostFitResult
 from tests.helpers.compose import compose_evaluate
 
 TIMING = ("timing.images=32", "timing.repeats=1")
 
 
-def test_evaluate_reuses_the_saved_thresholds(short_run):
-    saved = evaluate(compose_evaluate(f"ckpt_path={short_run.ckpt}", *TIMING))
-    result = short_run.thresholds
-    assert saved["thresholds"] == result["thresholds"]
-    assert saved["test"]["accuracy"] == pytest.approx(result["test"]["accuracy"])
+def test_evaluate_reuses_the_saved_thresholds(short_run, tmp_path):
+    saved = evaluate(compose_evaluate(f"ckpt_path={short_run.ckpt}", f"output={tmp_path / 'result.json'}", *TIMING))
+    result = short_run.result
+    assert saved.policy == result.policy and saved.search is None          # scored, not searched again
+    assert saved.test.accuracy == pytest.approx(result.test.accuracy)
+    assert saved.costs == result.costs                                     # the costs the result holds, measured once
+    assert PostFitResult.load(tmp_path / "result.json") == saved            # output= writes the same result
 
 
 def test_evaluate_with_given_thresholds(short_run):
-    given = evaluate(compose_evaluate(f"ckpt_path={short_run.ckpt}", "thresholds=[1.0,1.0,1.0,0.01]", *TIMING))
-    assert given["test"]["exit_fractions"][3] == 1.0
-    assert given["test"]["accuracy"] == pytest.approx(short_run.metrics["test/acc/exit4"])
+    given = evaluate(compose_evaluate(f"ckpt_path={short_run.ckpt}", "policy.thresholds=[1.0,1.0,1.0,0.01]", *TIMING))
+    assert given.test.exit_fractions[3] == 1.0
+    assert given.test.accuracy == pytest.approx(short_run.metrics["test/acc/exit4"])
 
 
 def test_evaluate_refuses_thresholds_for_another_network(short_run, tmp_path):
     with pytest.raises(ValueError, match="got 3 thresholds"):
-        evaluate(compose_evaluate(f"ckpt_path={short_run.ckpt}", "thresholds=[0.9,0.9,0.9]"))
+        evaluate(compose_evaluate(f"ckpt_path={short_run.ckpt}", "policy.thresholds=[0.9,0.9,0.9]"))
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"num_exits": 3, "thresholds": [0.9] * 3}))
     with pytest.raises(ValueError, match="another model"):
-        evaluate(compose_evaluate(f"ckpt_path={short_run.ckpt}", f"thresholds_path={other}"))
+        evaluate(compose_evaluate(f"ckpt_path={short_run.ckpt}", f"policy.thresholds_path={other}"))
 
 
 def test_cli_evaluate_rejects_a_missing_checkpoint(tmp_path):

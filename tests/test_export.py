@@ -29,7 +29,7 @@ from scan_lightning.models import MultiExitNetwork, build_backbone
 from scan_lightning.policy import ExitPolicy, exit_confidence
 from scan_lightning.runtime import EarlyExitPredictor
 from scan_lightning.runtime.forms import fold_batchnorm
-from tests.helpers.compose import compose_cfg, compose_export
+from tests.helpers.compose import compose_export
 from tests.helpers.networks import small_msdnet
 
 ONNX_RUNNER = Path(__file__).resolve().parents[1] / "src" / "scan_lightning" / "export" / "onnx_runner.py"
@@ -279,18 +279,11 @@ def test_onnx_runner_bad_input(tmp_path):
 
 # --- the export command -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A tiny trained checkpoint (fast_dev_run on synthetic data) with the thresholds.json of its search."""
-    from scan_lightning.cli.train import train
-
+def trained(short_run, tmp_path_factory) -> Path:
+    """The session's trained checkpoint (``short_run``) and its thresholds.json, copied so exports land elsewhere."""
     tmp = tmp_path_factory.mktemp("trained")
-    cfg = compose_cfg(["data=synthetic", "model.backbone.width=0.125", "model.bottleneck_width=8",
-                       "trainer.fast_dev_run=true", "timing.enabled=false", "logger=none"], tmp)
-    train(cfg)
-    out = Path(cfg.paths.output_dir)
-    ckpt = next(out.glob("checkpoints/*.ckpt"))
-    shutil.copy(out / "thresholds.json", ckpt.parent / "thresholds.json")
-    return ckpt
+    shutil.copy(short_run.ckpt.parent / "thresholds.json", tmp / "thresholds.json")
+    return Path(shutil.copy(short_run.ckpt, tmp / "model.ckpt"))
 
 
 def test_export_command_writes_both_formats(trained, tmp_path, caplog):
@@ -306,16 +299,17 @@ def test_export_command_writes_both_formats(trained, tmp_path, caplog):
 
     if importlib.util.find_spec("onnxruntime") is not None:
         given = export(compose_export(f"ckpt_path={trained}", "format=onnx", f"output={tmp_path / 'onnx'}",
-                                      "onnx_exporter=legacy", "thresholds=[0.6,0.7,0.8,0.9]", "fallback=deepest",
+                                      "onnx_exporter=legacy", "policy.thresholds=[0.6,0.7,0.8,0.9]",
+                                      "policy.fallback=deepest",
                                       "form=fold_batchnorm"))
         assert given["check"] == {"samples": 16, "agree": 16}
         manifest = json.loads((tmp_path / "onnx" / MANIFEST).read_text())
         assert manifest["policy"] == {"thresholds": [0.6, 0.7, 0.8, 0.9], "temperatures": [1.0] * 4,
                                       "fallback": "deepest"}
     with pytest.raises(ValueError, match="got 2 thresholds"):
-        export(compose_export(f"ckpt_path={trained}", "thresholds=[0.5,0.5]"))
-    with pytest.raises(FileNotFoundError, match="thresholds_path=.*nope.json does not exist"):
-        export(compose_export(f"ckpt_path={trained}", f"thresholds_path={tmp_path / 'nope.json'}"))
+        export(compose_export(f"ckpt_path={trained}", "policy.thresholds=[0.5,0.5]"))
+    with pytest.raises(FileNotFoundError, match="policy.thresholds_path=.*nope.json does not exist"):
+        export(compose_export(f"ckpt_path={trained}", f"policy.thresholds_path={tmp_path / 'nope.json'}"))
     with pytest.raises(ValueError, match="onnx_exporter='fx' is not allowed"):
         export(compose_export(f"ckpt_path={trained}", "format=onnx", "onnx_exporter=fx"))
 

@@ -6,6 +6,7 @@ DataLoaders; bad input."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,16 +14,13 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import scan_lightning
-from scan_lightning.cli.train import train
 from scan_lightning.cost import measure_costs
 from scan_lightning.export import deploy
 from scan_lightning.policy import ExitCache, ExitPolicy, evaluate_thresholds, exit_confidence
 from scan_lightning.runtime.predictor import EarlyExitPredictor
 from scan_lightning.training.module import MultiExitModule
-from tests.helpers.compose import compose_cfg
 from tests.helpers.networks import scan_net, small_net
 from tests.helpers.references import compute_all_then_choose
-from tests.helpers.runs import FAST
 
 
 # --- EarlyExitPredictor (inference/predictor.py) ----------------------------------------------------------------
@@ -111,13 +109,9 @@ def test_an_exit_switched_off_is_not_run_and_not_charged():
 
 # --- scan_lightning.Predictor (serving.py) --------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> tuple[Path, Path]:
-    """A tiny fast_dev_run checkpoint and the thresholds.json its post-fit search wrote."""
-    tmp = tmp_path_factory.mktemp("serving")
-    cfg = compose_cfg([*FAST, "trainer.fast_dev_run=true", "timing.enabled=false", "search.ga.generations=3"], tmp)
-    train(cfg)
-    out = Path(cfg.paths.output_dir)
-    return Path(json.loads((out / "summary.json").read_text())["checkpoint"]), out / "thresholds.json"
+def run(short_run) -> tuple[Path, Path]:
+    """The session's trained checkpoint (``short_run``) and the thresholds.json its post-fit search wrote."""
+    return short_run.ckpt, short_run.ckpt.parent / "thresholds.json"
 
 
 def test_predictor_from_checkpoint_really_exits_like_the_predictor(run):
@@ -166,7 +160,7 @@ def test_bad_input_is_one_clear_error(run, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         scan_lightning.Predictor.from_checkpoint(tmp_path / "missing.ckpt")
     with pytest.raises(FileNotFoundError, match="no thresholds"):
-        scan_lightning.Predictor.from_checkpoint(ckpt)    # fast_dev_run: no thresholds.json beside it
+        scan_lightning.Predictor.from_checkpoint(shutil.copy(ckpt, tmp_path / "alone.ckpt"))   # no thresholds.json
 
 
 def test_predictor_from_export_matches_the_checkpoint(run, tmp_path):

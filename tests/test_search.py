@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,7 +16,8 @@ import torch
 from scan_lightning.cli.train import ConfigError, train
 from scan_lightning.cost.latency import LatencyTable
 from scan_lightning.cost.macs import CostTable, ExitCost, exit_cost_vector
-from scan_lightning.evaluation.analysis import Scorer, pick_budget, resolve_fallback, search_and_score
+from scan_lightning.evaluation.analysis import pick_budget, resolve_fallback, search_and_score
+from scan_lightning.evaluation.result import BudgetedPoint
 from scan_lightning.policy import (
     ExitCache,
     ExitPolicy,
@@ -26,6 +28,9 @@ from scan_lightning.policy import (
     evaluate_thresholds,
     genetic_search,
 )
+from scan_lightning.policy.scoring import Score, Scorer
+from scan_lightning.policy.settings import SearchSettings
+from scan_lightning.training.checkpoints import resolve_baseline
 
 
 # --- SCAN's genetic algorithm -------------------------------------------------------------------------------
@@ -99,12 +104,18 @@ def test_ga_baseline_read_from_a_baseline_run_is_its_selected_validation_accurac
                                                   "metrics": {"test/acc/exit1": 0.5}}))
     cache = constructed_case()
     em = torch.tensor([1.0, 2.0, 3.0, 3.0], dtype=torch.float64)
-    kwargs = {"reference_cost": 3.0, "beta": 100.0, "population": 20, "generations": 5, "seed": 1}
-    from_run = genetic_search(cache, em, baseline=str(run), **kwargs)
-    given = genetic_search(cache, em, baseline=0.8125, **kwargs)
+    ga = {"beta": 100.0, "population": 20, "generations": 5, "seed": 1}
+    settings = SearchSettings.from_config({"ga": {**ga, "baseline": str(run)}})
+    assert settings.ga.baseline_run == str(run)
+    with pytest.raises(ValueError, match="read the baseline run's accuracy first"):   # the search opens no file
+        genetic_search(cache, em, reference_cost=3.0, ga=settings.ga)
+    resolved = resolve_baseline(settings)
+    assert resolved.ga.baseline == pytest.approx(0.8125)
+    from_run = genetic_search(cache, em, reference_cost=3.0, ga=resolved.ga)
+    given = genetic_search(cache, em, reference_cost=3.0, baseline=0.8125, **ga)
     assert from_run.fitness == pytest.approx(given.fitness) and from_run.thresholds == given.thresholds
     with pytest.raises(FileNotFoundError, match="no finished run there"):
-        genetic_search(cache, em, baseline=str(tmp_path / "nowhere"), **kwargs)
+        resolve_baseline(SearchSettings.from_config({"ga": {"baseline": str(tmp_path / "nowhere")}}))
 
 
 @pytest.mark.parametrize("override,needle", [
@@ -179,43 +190,45 @@ def test_latency_cost_changes_what_the_ga_optimises():
     slow_first = LatencyTable(1, "cpu", [1.0, 0.01, 1.0], [0.01, 0.01, 0.01], 0.01)
     search = {"ga": {"population": 40, "generations": 30, "beta": 50.0, "seed": 1}, "fallback": "deepest",
               "budget_steps": 5}
-    by_macs = search_and_score(val, test, costs, {**search, "cost": "macs"}, slow_first)
-    by_time = search_and_score(val, test, costs, {**search, "cost": "latency"}, slow_first)
-    assert by_time["cost"] == "latency" and by_macs["cost"] == "macs"
-    assert by_time["val"]["exit_fractions"][0] < by_macs["val"]["exit_fractions"][0]
+    by_macs = search_and_score(val, test, costs, SearchSettings.from_config({**search, "cost": "macs"}), slow_first)
+    by_time = search_and_score(val, test, costs, SearchSettings.from_config({**search, "cost": "latency"}), slow_first)
+    assert by_time.search.cost == "latency" and by_macs.search.cost == "macs"
+    assert by_time.val.exit_fractions[0] < by_macs.val.exit_fractions[0]
     for res in (by_macs, by_time):   # both costs reported for every searched point
-        assert {"mean_macs", "mean_ms", "speedup_plain", "latency_speedup_plain"} <= set(res["test"])
-        assert all("mean_ms" in r and "val_mean_ms" in r for r in res["budgeted"])
+        assert res.test.mean_ms is not None and res.test.latency_speedup_plain is not None
+        assert all(r.test.mean_ms is not None and r.val_mean_ms is not None for r in res.budgeted)
     with pytest.raises(ValueError, match="needs a latency table"):
-        search_and_score(val, test, costs, {**search, "cost": "latency"}, None)
+        search_and_score(val, test, costs, SearchSettings.from_config({**search, "cost": "latency"}), None)
 
 
 def test_calibrated_search_fits_temperatures_on_data_the_ga_never_sees():
     val, test = toy_cache(seed=0), toy_cache(seed=1)
     search = {"ga": {"population": 20, "generations": 5}, "budget_steps": 3,
               "calibration": {"enabled": True, "fraction": 0.25, "n_bins": 10}}
-    res = search_and_score(val, test, FakeCosts(), search)
-    cal = res["calibration"]
-    assert cal["fitted_on"] == 100 and cal["reported_on"] == 300
-    assert all(t > 1.2 for t in res["temperatures"])                   # over-confident logits: T > 1
-    assert sum(cal["ece_test_after"]) < sum(cal["ece_test_before"])
-    # the policy carries the temperatures, and scoring used them
-    policy = ExitPolicy.from_dict(res, 3)
-    assert policy.temperatures == tuple(res["temperatures"])
+    res = search_and_score(val, test, FakeCosts(), SearchSettings.from_config(search))
+    cal = res.calibration
+    assert cal.fitted_on == 100 and cal.reported_on == 300
+    assert all(t > 1.2 for t in res.policy.temperatures)               # over-confident logits: T > 1
+    assert sum(cal.ece_test_after) < sum(cal.ece_test_before)
+    # the policy carries the temperatures, and scoring used them: the same thresholds at T = 1 exit otherwise
+    assert Scorer(FakeCosts())(test, res.policy).exit_fractions == res.test.exit_fractions
+    uncalibrated = res.policy.with_temperatures([1.0] * 3)
+    assert Scorer(FakeCosts())(test, uncalibrated).exit_fractions != res.test.exit_fractions
     with pytest.raises(ValueError, match="fraction=1.5"):
-        search_and_score(val, test, FakeCosts(), {**search, "calibration": {"enabled": True, "fraction": 1.5}})
+        SearchSettings.from_config({**search, "calibration": {"enabled": True, "fraction": 1.5}})
 
 
 def test_budget_is_picked_on_validation_costs():
-    result = {"temperatures": [1.0, 1.0], "fallback": "ensemble", "budgeted": [
-        {"thresholds": [0.9, 0.5], "val_mean_macs": 10.0, "val_accuracy": 0.8, "mean_macs": 1.0},
-        {"thresholds": [0.99, 0.5], "val_mean_macs": 20.0, "val_accuracy": 0.9, "mean_macs": 1.0},
-        {"thresholds": [0.999, 0.5], "val_mean_macs": 30.0, "val_accuracy": 0.95, "mean_macs": 1.0}]}
+    score = Score(0.5, 1.0, [0.5, 0.5, 0.0], 1.0, 1.0)
+    result = SimpleNamespace(policy=ExitPolicy.create([1.0, 1.0]), budgeted=[
+        BudgetedPoint(0.1, [0.9, 0.5], score, val_accuracy=0.8, val_mean_macs=10.0),
+        BudgetedPoint(0.2, [0.99, 0.5], score, val_accuracy=0.9, val_mean_macs=20.0),
+        BudgetedPoint(0.3, [0.999, 0.5], score, val_accuracy=0.95, val_mean_macs=30.0)])
     assert pick_budget(result, macs=25).thresholds == (0.99, 0.5)
     assert pick_budget(result, macs=1e9).thresholds == (0.999, 0.5)
     with pytest.raises(ValueError, match="below the cheapest budgeted point"):
         pick_budget(result, macs=5)
-    with pytest.raises(ValueError, match="no budgeted curve with val_mean_ms"):
+    with pytest.raises(ValueError, match="no budgeted curve in ms"):
         pick_budget(result, ms=3.0)
 
 
@@ -223,8 +236,8 @@ def test_scorer_speedups():
     cache = toy_cache()
     scorer = Scorer(FakeCosts(), LatencyTable(1, "cpu", [1.0, 1.0, 1.0], [0.5, 0.5, 0.5], 0.1))
     res = scorer(cache, ExitPolicy.create([1.0, 1.0, 1e-6]))    # everyone leaves at the last exit
-    assert res["mean_macs"] == 3.0 and res["speedup_plain"] == pytest.approx(2.5 / 3.0)
-    assert res["mean_ms"] == pytest.approx(4.5) and res["latency_speedup_plain"] == pytest.approx(3.1 / 4.5)
+    assert res.mean_macs == 3.0 and res.speedup_plain == pytest.approx(2.5 / 3.0)
+    assert res.mean_ms == pytest.approx(4.5) and res.latency_speedup_plain == pytest.approx(3.1 / 4.5)
 
 
 def test_the_ga_can_switch_an_exit_off_when_its_branch_costs_more_than_it_saves():
@@ -244,4 +257,4 @@ def test_the_ga_can_switch_an_exit_off_when_its_branch_costs_more_than_it_saves(
                         fallback="deepest", seed=0)
     assert ga.thresholds[0] == 1.0 and ga.mean_cost == pytest.approx(21.0)
     res = Scorer(costs)(cache, ExitPolicy.create(ga.thresholds, fallback="deepest"))
-    assert res["mean_macs"] == pytest.approx(21.0)
+    assert res.mean_macs == pytest.approx(21.0)

@@ -12,6 +12,7 @@ from scan_lightning.export import deploy
 from scan_lightning.policy import ExitPolicy
 from scan_lightning.runtime.forms import DeployOptions
 from scan_lightning.runtime.predictor import EarlyExitPredictor
+from scan_lightning.runtime.settings import TimingSettings
 from scan_lightning.runtime.timing import SideTiming, measure_latency, measure_wall_clock, speed_phrase
 from tests.helpers.networks import scan_net
 
@@ -53,12 +54,30 @@ def test_speed_phrases_never_say_fewer():
 
 
 def test_bad_deploy_and_timing_settings_are_one_clear_error():
-    from scan_lightning.evaluation.pipeline import check_timing
-
     with pytest.raises(ValueError, match=r"timing.deploy has unknown keys \['fuse'\]"):
-        check_timing({"deploy": {"fuse": True}})
+        TimingSettings.from_config({"deploy": {"fuse": True}})
     with pytest.raises(ValueError, match=r"must be true or false; got \{'retain_memory': 'no'\}"):
-        check_timing({"deploy": {"retain_memory": "no"}})     # bool("no") would have been True
+        TimingSettings.from_config({"deploy": {"retain_memory": "no"}})     # bool("no") would have been True
     with pytest.raises(ValueError, match="timing.batch_sizes"):
-        check_timing({"batch_sizes": [0]})
-    assert DeployOptions(**{"compile": False}).to_dict()["channels_last"] is True
+        TimingSettings.from_config({"batch_sizes": [0]})
+    with pytest.raises(ValueError, match=r"timing has unknown keys \['image'\]"):
+        TimingSettings.from_config({"image": 5})
+    with pytest.raises(ValueError, match="compile and onnxruntime exclude each other"):
+        DeployOptions.default(compile=True, onnxruntime=True)
+
+
+def test_settings_defaults_come_from_the_yaml():
+    """The YAML is the one home of the defaults: a partial node is filled from it, so the two cannot disagree."""
+    from omegaconf import OmegaConf
+
+    from scan_lightning.policy.settings import SearchSettings
+    from scan_lightning.utils.config import config_dir
+
+    timing_yaml = OmegaConf.load(config_dir() / "timing" / "default.yaml")
+    timing = TimingSettings.from_config({"images": 7})
+    assert timing.images == 7 and timing.repeats == timing_yaml.repeats
+    assert timing.batch_sizes == tuple(timing_yaml.batch_sizes) and timing.deploy.to_dict() == dict(timing_yaml.deploy)
+    search_yaml = OmegaConf.load(config_dir() / "search" / "default.yaml")
+    search = SearchSettings.from_config({"ga": {"population": 12}})
+    assert search.ga.population == 12 and search.ga.generations == search_yaml.ga.generations
+    assert search.fallback == search_yaml.fallback and search.budget_steps == search_yaml.budget_steps

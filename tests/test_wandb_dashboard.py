@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import pytest
@@ -17,20 +18,23 @@ from omegaconf import open_dict
 
 from scan_lightning.cli.evaluate import evaluate
 from scan_lightning.cli.train import train
+from scan_lightning.evaluation.result import AnytimePoint, BudgetedPoint, PostFitResult, StageScore
+from scan_lightning.policy.exit_policy import ExitPolicy
+from scan_lightning.policy.scoring import Score
 from scan_lightning.reporting.config_tree import print_config_tree
 from scan_lightning.reporting.plots import figure_accuracy_vs_macs, figure_exit_histogram, run_title
 from scan_lightning.utils.config import to_plain
 from tests.helpers.compose import CONF, compose_cfg
 from tests.helpers.wandb_offline import read_run, records
 
-RESULT = {   # the parts of a post-fit result (thresholds.json) the figures read: three exits
-    "num_exits": 3, "fallback": "ensemble", "costs": {"plain_macs": 3e6},
-    "budgeted": [{"p": p, "mean_macs": 1e6 * p, "accuracy": 0.5 + 0.1 * p} for p in (1.0, 1.5, 2.0)],
-    "anytime": [{"exit": n, "macs": 1e6 * (i + 1), "accuracy": 0.5 + 0.1 * i}
-                for i, n in enumerate(["exit1", "exit2", "exit3", "ensemble"])],
-    "test": {"accuracy": 0.7, "deepest_accuracy": 0.72, "mean_macs": 1.8e6, "speedup_plain": 1.67,
-             "exit_fractions": [0.5, 0.25, 0.125, 0.125]},
-}
+# the parts of a post-fit result the figures read: three exits
+_TEST = StageScore(accuracy=0.7, mean_macs=1.8e6, exit_fractions=[0.5, 0.25, 0.125, 0.125], speedup_plain=1.67,
+                   speedup_deepest=1.9, deepest_accuracy=0.72, ensemble_accuracy=0.73)
+RESULT = PostFitResult(
+    policy=ExitPolicy.create([0.9, 0.9, 0.9]), costs=SimpleNamespace(plain_macs=3e6), val=_TEST, test=_TEST,
+    anytime=[AnytimePoint(n, 1e6 * (i + 1), 0.5 + 0.1 * i) for i, n in enumerate(["exit1", "exit2", "exit3", "ensemble"])],
+    budgeted=[BudgetedPoint(p, [0.9] * 3, Score(0.5 + 0.1 * p, 1e6 * p, [0.25] * 4, 1.0, 1.0), 0.5, 1e6 * p)
+              for p in (1.0, 1.5, 2.0)], model={})
 
 
 @pytest.fixture(autouse=True)
@@ -218,10 +222,10 @@ def test_evaluate_logs_the_same_dashboard_to_wandb(trained, tmp_path):
     run = read_run(run_dir)
     assert run.run.run_group == "evaluate" and list(run.run.tags) == ["eval"] and run.config["ckpt_path"] == ckpt
     _, data = table(*run.media("table/test/exit_table_*.table.json"))
-    assert [r[3] for r in data] == pytest.approx([r["accuracy"] for r in result["anytime"]])
+    assert [r[3] for r in data] == pytest.approx([a.accuracy for a in result.anytime])
     assert run.media("images/dynamic/accuracy_vs_macs_*.png") and run.media("table/dynamic/budgeted_table_*.table.json")
-    assert run.summary["dynamic/threshold/exit1"] == pytest.approx(result["thresholds"][0])
-    assert run.summary["test/dynamic/accuracy"] == pytest.approx(result["test"]["accuracy"])
+    assert run.summary["dynamic/threshold/exit1"] == pytest.approx(result.policy.thresholds[0])
+    assert run.summary["test/dynamic/accuracy"] == pytest.approx(result.test.accuracy)
 
 
 def test_fast_dev_run_with_wandb_finishes_without_a_best_checkpoint(offline_env, tmp_path):

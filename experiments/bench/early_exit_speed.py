@@ -148,11 +148,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     nets = {args.ckpt: ("ckpt", 1024, 5)} if args.ckpt else NETWORKS
-    forms = {"deploy": DeployOptions()} if args.no_eager else {"eager": None, "deploy": DeployOptions()}
+    forms = {"deploy": DeployOptions.default()} if args.no_eager else {"eager": None, "deploy": DeployOptions.default()}
     if args.compile:
-        forms["deploy+compile"] = DeployOptions(compile=True)
+        forms["deploy+compile"] = DeployOptions.default(compile=True)
     if args.onnxruntime:
-        forms["deploy+onnxruntime"] = DeployOptions(onnxruntime=True)
+        forms["deploy+onnxruntime"] = DeployOptions.default(onnxruntime=True)
     if any(o is not None and o.retain_memory for o in forms.values()):
         retain_freed_memory()     # process-wide: on from the start, so every form and network runs with it
     rows, profiles, meta_nets = [], [], {}
@@ -163,7 +163,7 @@ def main() -> None:
         meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
                 "cpus": os.cpu_count(), "networks": meta_nets, "compile": args.compile,
                 "args": "".join(f" {a}" for a in sys.argv[1:]), "commit": commit(),
-                "forms": {f: (o or DeployOptions(**dict.fromkeys(DeployOptions.__dataclass_fields__, False))).to_dict()
+                "forms": {f: (o or DeployOptions.off()).to_dict()
                           for f, o in forms.items()},
                 "note": "untrained networks; exit mix forced by budgeted thresholds; both sides in the same form"}
         (out / "early_exit_speed.json").write_text(json.dumps(

@@ -570,10 +570,10 @@ def time_scan(net, policy, costs, images: torch.Tensor, rivals: list[Side] = (),
     from scan_lightning.runtime.forms import DeployOptions
     from scan_lightning.runtime.predictor import EarlyExitPredictor
 
-    forms = {"scan_torch": DeployOptions()}
+    forms = {"scan_torch": DeployOptions.default()}
     try:
         import onnxruntime  # noqa: F401
-        forms["scan_onnxruntime"] = DeployOptions(onnxruntime=True)
+        forms["scan_onnxruntime"] = DeployOptions.default(onnxruntime=True)
     except ImportError:
         pass
     ours = []

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
+from scan_lightning.evaluation.result import PostFitResult
+
 # the smallest network that still learns the synthetic classes
 FAST = ("data=synthetic", "model.backbone.width=0.125", "model.bottleneck_width=8")
 
@@ -73,5 +75,10 @@ class ShortRun:
 
     @property
     def thresholds(self) -> dict:
-        """The post-fit search's result, ``thresholds.json`` next to the best checkpoint."""
+        """The post-fit search's result as written, ``thresholds.json`` next to the best checkpoint."""
         return json.loads((self.out / "checkpoints" / "thresholds.json").read_text())
+
+    @property
+    def result(self) -> PostFitResult:
+        """The post-fit search's result, read back from ``thresholds.json``."""
+        return PostFitResult.load(self.out / "checkpoints" / "thresholds.json")

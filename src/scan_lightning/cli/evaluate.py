@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint: ``python -m scan_lightning.evaluate ckpt_path=... [thresholds=[...]]`` (Hydra).
+"""Evaluate a checkpoint: ``python -m scan_lightning.evaluate ckpt_path=... [policy.thresholds=[...]]`` (Hydra).
 
 Per-exit table, anytime and budgeted curves, and dynamic inference at saved (``thresholds.json`` next to
 the checkpoint), given, or freshly searched thresholds, with the measured wall clock of the real early-exit
@@ -8,7 +8,6 @@ per-exit table, figures, budgeted curve and policy go to a W&B run as well (:mod
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import hydra
@@ -17,16 +16,17 @@ from pytorch_lightning.loggers import Logger
 
 from scan_lightning.cli.task import cli as run_cli
 from scan_lightning.cli.task import run_entry_point, task_wrapper
-from scan_lightning.cost.macs import measure_costs
 from scan_lightning.data.base import input_shape
-from scan_lightning.evaluation.analysis import check_search
-from scan_lightning.evaluation.pipeline import check_timing, run_post_fit
+from scan_lightning.evaluation.pipeline import run_post_fit
+from scan_lightning.evaluation.result import PostFitResult
 from scan_lightning.policy.exit_policy import model_identity, resolve_policy
+from scan_lightning.policy.settings import SearchSettings
 from scan_lightning.reporting.dashboard import log_exit_table, log_post_fit
 from scan_lightning.reporting.plots import run_title
 from scan_lightning.reporting.tables import exit_rows, render_dynamic_summary, render_exit_table
+from scan_lightning.runtime.settings import TimingSettings
 from scan_lightning.training.builders import build_group
-from scan_lightning.training.callbacks.threshold_search import dynamic_metrics
+from scan_lightning.training.checkpoints import resolve_baseline
 from scan_lightning.training.module import load_module
 from scan_lightning.utils.config import build, config_dir, to_plain
 from scan_lightning.utils.logs import get_logger
@@ -35,13 +35,12 @@ log = get_logger(__name__)
 
 
 @task_wrapper
-def evaluate(cfg: DictConfig) -> dict:
+def evaluate(cfg: DictConfig) -> PostFitResult:
     """Load ``cfg.ckpt_path`` (weights_only), rebuild its data from the stored run config, report (to the console
     and to ``cfg.logger``'s loggers: ``logger=wandb``)."""
-    search = OmegaConf.to_container(cfg.search, resolve=True)
-    timing = OmegaConf.to_container(cfg.timing, resolve=True)
-    check_search(search)
-    check_timing(timing)
+    search = resolve_baseline(SearchSettings.from_config(OmegaConf.to_container(cfg.search, resolve=True)))
+    timing = TimingSettings.from_config(OmegaConf.to_container(cfg.timing, resolve=True))
+    policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
     loggers = build_group(cfg.get("logger"))
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.is_file():
@@ -49,12 +48,9 @@ def evaluate(cfg: DictConfig) -> dict:
     module = load_module(ckpt)
     net = module.net.eval()
     run_cfg = OmegaConf.create(module.hparams.run_config)
-    given = cfg.get("thresholds")
-    given = OmegaConf.to_container(given) if OmegaConf.is_config(given) else given
     shape = input_shape(run_cfg.data)
-    policy = None if given == "search" else resolve_policy(
-        net.num_exits, ckpt, given, cfg.get("thresholds_path"), cfg.get("temperatures"), cfg.get("fallback"),
-        required=False, model=model_identity(net, shape))
+    policy = None if policy_cfg.get("thresholds") == "search" else resolve_policy(
+        net.num_exits, ckpt, policy_cfg, required=False, model=model_identity(net, shape))
 
     data_cfg = OmegaConf.merge(run_cfg.data, cfg.get("data") or {})
     dm = build(data_cfg)
@@ -62,23 +58,21 @@ def evaluate(cfg: DictConfig) -> dict:
     dm.setup("test")
     result = run_post_fit(net, dm.eval_dataloader("val"), dm.eval_dataloader("test"), shape, search, timing, policy,
                           progress=True)
-    acc = {r["exit"]: r["accuracy"] for r in result["anytime"]}
-    costs = measure_costs(net, shape)
-    rows = exit_rows(costs, acc)
-    log.info(render_exit_table(rows, f"Per-exit test results ({ckpt.name})", costs.plain_macs))
+    rows = exit_rows(result.costs, {a.exit: a.accuracy for a in result.anytime})
+    log.info(render_exit_table(rows, f"Per-exit test results ({ckpt.name})", result.costs.plain_macs))
     log.info(render_dynamic_summary(result))
     if cfg.get("output"):
-        Path(cfg.output).write_text(json.dumps(result, indent=2))
+        result.save(cfg.output)
     report(loggers, cfg, rows, result, run_title(module.hparams.get("run_config")))
     return result
 
 
-def report(loggers: list[Logger], cfg: DictConfig, rows: list[dict], result: dict, title: str) -> None:
+def report(loggers: list[Logger], cfg: DictConfig, rows: list[dict], result: PostFitResult, title: str) -> None:
     """What ``evaluate`` found, to its loggers (``logger=wandb``): its config, the scalars, the per-exit table and
     the post-fit figures, budgeted curve and policy (:mod:`scan_lightning.reporting.dashboard`)."""
     for logger in loggers:
         logger.log_hyperparams(to_plain(cfg))
-        logger.log_metrics(dynamic_metrics(result), step=0)
+        logger.log_metrics(result.metrics(), step=0)
     log_exit_table(loggers, rows, step=0)
     log_post_fit(loggers, result, title, step=0)
     for logger in loggers:

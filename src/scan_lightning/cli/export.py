@@ -53,19 +53,11 @@ def check_export_config(cfg: DictConfig) -> None:
         missing = _missing("onnx", *(["onnxscript"] if exporter == "dynamo" else []))
         if missing:
             raise ValueError(f"format=onnx needs {', '.join(missing)}: pip install 'scan_lightning[deploy]'")
-    if cfg.get("thresholds") is not None and cfg.get("thresholds_path"):
-        raise ValueError("give either thresholds or thresholds_path, not both")
-    if cfg.get("thresholds_path") and not Path(cfg.thresholds_path).is_file():
-        raise FileNotFoundError(f"thresholds_path={cfg.thresholds_path} does not exist")
-
-
-def _policy(cfg: DictConfig, ckpt: Path, net, shape: tuple[int, ...]):
-    from scan_lightning.policy.exit_policy import model_identity, resolve_policy
-
-    plain = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in (
-        (k, cfg.get(k)) for k in ("thresholds", "thresholds_path", "temperatures", "fallback"))}
-    return resolve_policy(net.num_exits, ckpt, plain["thresholds"], plain["thresholds_path"], plain["temperatures"],
-                          plain["fallback"], model=model_identity(net, shape))
+    policy = cfg.get("policy") or {}
+    if policy.get("thresholds") is not None and policy.get("thresholds_path"):
+        raise ValueError("give either policy.thresholds or policy.thresholds_path, not both")
+    if policy.get("thresholds_path") and not Path(policy.thresholds_path).is_file():
+        raise FileNotFoundError(f"policy.thresholds_path={policy.thresholds_path} does not exist")
 
 
 def _default_output(ckpt: Path, fmt: str) -> Path:
@@ -103,6 +95,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     from scan_lightning.cost.macs import measure_costs
     from scan_lightning.export import deploy
     from scan_lightning.export.formats import export_onnx, export_torchscript
+    from scan_lightning.policy.exit_policy import model_identity, resolve_policy
     from scan_lightning.runtime.forms import DeployOptions, fold_batchnorm
     from scan_lightning.training.module import load_module
 
@@ -111,10 +104,11 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     net = module.net.eval()
     data = module.hparams.run_config["data"]
     shape = input_shape(data)
-    policy = _policy(cfg, ckpt, net, shape)
+    policy = resolve_policy(net.num_exits, ckpt, OmegaConf.to_container(cfg.policy, resolve=True),
+                            model=model_identity(net, shape))
     costs = measure_costs(net, shape)
     form = cfg.get("form", "deploy")
-    exported = (deploy(net, DeployOptions(compile=False)) if form == "deploy"
+    exported = (deploy(net, DeployOptions.default(compile=False, onnxruntime=False)) if form == "deploy"
                 else fold_batchnorm(net) if form == "fold_batchnorm" else net)
     fmt = cfg.format
     output = Path(cfg.output) if cfg.get("output") else _default_output(ckpt, fmt)

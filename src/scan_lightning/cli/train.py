@@ -18,7 +18,6 @@ from scan_lightning.cli.task import cli as run_cli
 from scan_lightning.cli.task import run_entry_point, task_wrapper
 from scan_lightning.reporting.config_tree import print_config_tree
 from scan_lightning.reporting.dashboard import log_checkpoint, log_exit_table
-from scan_lightning.reporting.tables import render_dynamic_summary
 from scan_lightning.training.builders import (
     SUMMARY,
     check_same_run,
@@ -30,8 +29,8 @@ from scan_lightning.training.builders import (
     save_resolved_config,
     write_summary,
 )
-from scan_lightning.training.callbacks import InterruptCheckpoint, ThresholdSearch, WandbDashboard
-from scan_lightning.training.callbacks.threshold_search import dynamic_metrics
+from scan_lightning.training.callbacks import InterruptCheckpoint, WandbDashboard
+from scan_lightning.training.callbacks.threshold_search import result_path
 from scan_lightning.training.checkpoints import selected_checkpoint
 from scan_lightning.training.phases import run_phases
 from scan_lightning.utils.config import ConfigError, RunStopped, config_dir, to_plain
@@ -85,19 +84,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if trainer.is_global_zero:
             rows = report_exits(module, cfg, metrics, out_dir)
             log_exit_table(trainer.loggers, rows, step=trainer.global_step)
-    search = next((c for c in trainer.callbacks if isinstance(c, ThresholdSearch)), None)
-    if search is not None:
-        path = ThresholdSearch.result_path(trainer)   # written by rank 0's callback, whatever the strategy
-        if path.is_file():
-            result = json.loads(path.read_text())
-            metrics.update(dynamic_metrics(result))
-            if not search.metrics and trainer.is_global_zero:   # it ran in a spawned process (ddp_spawn)
-                log.info(render_dynamic_summary(result))
     checkpoint = best or final_checkpoint(trainer, out_dir)   # every rank: saving is collective under DDP
     if trainer.is_global_zero:
         dashboard = next((c for c in trainer.callbacks if isinstance(c, WandbDashboard)), None)
         if dashboard is not None and dashboard.log_checkpoint:
-            log_checkpoint(trainer.loggers, checkpoint, ThresholdSearch.result_path(trainer) if search else None)
+            log_checkpoint(trainer.loggers, checkpoint, result_path(trainer))
         write_summary(out_dir, metrics, checkpoint)
     return metrics
 

@@ -20,6 +20,7 @@ class LatencyTable:
     section_ms: list[float]   # per image, median over repeats
     exit_ms_own: list[float]  # each exit's own time per image (attention, head, ISC, confidence)
     deep_head_ms: float       # the plain network's head (pool + Linear) per image
+    plain_every_exit: bool = False   # the plain network runs every exit (linear ISC: no head stands alone)
 
     @property
     def cumulative_ms(self) -> torch.Tensor:
@@ -39,15 +40,16 @@ class LatencyTable:
 
     @property
     def plain_ms(self) -> float:
-        """The plain network: every section and the deep head alone."""
-        return sum(self.section_ms) + self.deep_head_ms
+        """The plain network: every section and the deep head alone (or every exit, ``plain_every_exit``)."""
+        return sum(self.section_ms) + (sum(self.exit_ms_own) if self.plain_every_exit else self.deep_head_ms)
 
     def to_dict(self) -> dict:
         return {"batch_size": self.batch_size, "device": self.device, "section_ms": self.section_ms,
                 "exit_ms_own": self.exit_ms_own, "deep_head_ms": self.deep_head_ms,
+                "plain_every_exit": self.plain_every_exit,
                 "cumulative_ms": self.cumulative_ms.tolist(), "plain_ms": self.plain_ms}
 
     @classmethod
     def from_dict(cls, data: dict) -> LatencyTable:
         return cls(int(data["batch_size"]), str(data["device"]), list(data["section_ms"]),
-                   list(data["exit_ms_own"]), float(data["deep_head_ms"]))
+                   list(data["exit_ms_own"]), float(data["deep_head_ms"]), bool(data.get("plain_every_exit", False)))

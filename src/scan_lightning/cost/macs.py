@@ -9,14 +9,16 @@ labelled ``own_head``, to compare with the paper's figures. MACs = FLOPs / 2 of 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook
 from torch.utils.flop_counter import FlopCounterMode
 
-from scan_lightning.models.multi_exit import MultiExitNetwork, exit_input
+from scan_lightning.models.multi_exit import MultiExitNetwork, exit_input, plain_runs_every_exit
 
 
 def exit_cost_vector(sections: torch.Tensor, branches: torch.Tensor, skipped: torch.Tensor | None = None
@@ -50,6 +52,7 @@ class CostTable:
     exits: list[ExitCost]
     input_shape: tuple[int, ...]
     chained: bool = False   # ISC: each exit reads the previous exit's logits, so every exit branch runs
+    plain_every_exit: bool = False   # linear ISC: no classifier stands alone, the plain network runs every exit
 
     @property
     def cumulative_macs(self) -> torch.Tensor:
@@ -73,8 +76,9 @@ class CostTable:
 
     @property
     def plain_macs(self) -> int:
-        """The plain baseline network: all sections plus the deep head, no shallow exits."""
-        return self.backbone_macs + self.exits[-1].head_macs
+        """The plain baseline network: all sections plus the deep head, no shallow exits (with linear ISC every exit:
+        see :func:`~scan_lightning.models.multi_exit.plain_runs_every_exit`)."""
+        return self.ensemble_macs if self.plain_every_exit else self.backbone_macs + self.exits[-1].head_macs
 
     @property
     def own_head_ensemble_macs(self) -> int:
@@ -85,12 +89,21 @@ class CostTable:
         return {
             "input_shape": list(self.input_shape),
             "chained": self.chained,
+            "plain_every_exit": self.plain_every_exit,
             "exits": [asdict(e) for e in self.exits],
             "backbone_macs": self.backbone_macs,
             "plain_macs": self.plain_macs,
             "ensemble_macs": self.ensemble_macs,
             "own_head_ensemble_macs": self.own_head_ensemble_macs,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CostTable:
+        """From :meth:`to_dict`'s layout (the derived totals are recomputed)."""
+        fields = ExitCost.__dataclass_fields__
+        return cls([ExitCost(**{k: int(v) for k, v in e.items() if k in fields}) for e in data["exits"]],
+                   tuple(int(d) for d in data["input_shape"]), bool(data.get("chained", False)),
+                   bool(data.get("plain_every_exit", False)))
 
 
 def _elementwise_ops(module: nn.Module, inputs: tuple, output: object) -> int:
@@ -159,6 +172,7 @@ def measure_costs(net: MultiExitNetwork, input_shape: tuple[int, int, int], elem
             cum_params += s_p + a_p + h_p
             rows.append(ExitCost(i, s_macs, a_macs, head_macs, cum_macs, prefix_macs + head_macs,
                                  s_p, a_p, h_p, cum_params))
-        return CostTable(rows, tuple(input_shape), chained=net.isc is not None)
+        return CostTable(rows, tuple(input_shape), chained=net.isc is not None, 
+                         plain_every_exit=plain_runs_every_exit(net.isc))
     finally:
         net.train(was_training)

@@ -17,6 +17,7 @@ from scan_lightning.export.formats import export_onnx
 from scan_lightning.export.onnx_runner import OnnxEarlyExit
 from scan_lightning.models.multi_exit import SectionOutput
 from scan_lightning.policy.exit_policy import ExitPolicy
+from scan_lightning.runtime.backend import run_all_exits, run_plain
 from scan_lightning.runtime.forms import DeployedNetwork
 
 
@@ -59,23 +60,10 @@ class OrtNetwork:
             feed[names[1]] = torch.zeros(coarsest.shape[0], self.num_classes).numpy()
         return torch.from_numpy(session.run(None, feed)[0])
 
-    @torch.inference_mode()
     def plain(self, x: torch.Tensor) -> torch.Tensor:
-        """Every section, then the deepest exit's graph; with ISC (whose deepest classifier reads the previous
-        exits) every exit."""
-        if self.isc is not None:
-            return self.all_exits(x)[-1]
-        h: SectionOutput = self.prepare(x)
-        for i in range(self.num_exits):
-            h = self.section(i, h)
-        return self.deep(h)
+        """The plain network (:func:`~scan_lightning.runtime.backend.run_plain`, the rule of every backend)."""
+        return run_plain(self, x)
 
-    @torch.inference_mode()
     def all_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
-        h: SectionOutput = self.prepare(x)
-        logits, out = None, []
-        for i in range(self.num_exits):
-            h = self.section(i, h)
-            logits = self.exit(i, h, logits)
-            out.append(logits)
-        return out
+        """Every exit's logits for every sample."""
+        return run_all_exits(self, x)

@@ -28,6 +28,17 @@ def take_samples(h: SectionOutput, index: torch.Tensor) -> SectionOutput:
     return [x[index] for x in h] if isinstance(h, (list, tuple)) else h[index]
 
 
+def plain_runs_every_exit(isc: str | None) -> bool:
+    """Does the plain baseline network (what every speed ratio compares with) have to run every exit?
+
+    With linear ISC (IMTA's public code) the deepest classifier reads a transfer of the previous exits' logits, so
+    no classifier stands alone: the plain network runs every exit. Without ISC, and with identity ISC (the previous
+    logits are added to the deepest head's own: IMTA, Li et al. ICCV 2019), the plain network is every section plus
+    the deep head alone, on every backend.
+    """
+    return isc == "linear"
+
+
 def _per_shallow_exit(value, n: int, name: str, allowed: tuple | None = None) -> list:
     """Expand a scalar setting to one per shallow exit, or check a given list's length and values."""
     values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value] * n

@@ -9,6 +9,7 @@ from rich.progress import track
 
 from scan_lightning.models.multi_exit import MultiExitNetwork
 from scan_lightning.policy.exit_policy import check_fallback, exit_confidence
+from scan_lightning.utils.modes import eval_mode
 
 
 @dataclass
@@ -46,15 +47,11 @@ def collect_outputs(net: MultiExitNetwork, batches: Iterable, device: torch.devi
                     progress: str | None = None) -> ExitCache:
     """Run the whole network once over ``batches`` of ``(x, y)`` in eval mode; ``progress``: a label to show a
     progress bar under (``None``: silent)."""
-    was_training = net.training
-    net.eval()
     logits, labels = [], []
     if progress is not None:
         batches = track(batches, description=progress, transient=True)
-    try:
+    with eval_mode(net):
         for x, y in batches:
             logits.append(torch.stack(net(x.to(device)).logits).float().cpu())
             labels.append(y.cpu())
-    finally:
-        net.train(was_training)
     return ExitCache(torch.cat(logits, dim=1), torch.cat(labels))

@@ -97,9 +97,11 @@ class ExitPolicy:
                fallback: str = "ensemble", num_exits: int | None = None) -> ExitPolicy:
         """Temperatures default to 1; ``num_exits`` checks the policy fits a network."""
         thresholds = [float(t) for t in thresholds]
-        policy = cls(tuple(thresholds), tuple(temperatures if temperatures is not None else [1.0] * len(thresholds)),
-                     fallback)
-        return policy.for_exits(num_exits) if num_exits is not None else policy
+        if num_exits is not None and len(thresholds) != num_exits:
+            raise ValueError(f"got {len(thresholds)} thresholds {thresholds}, but the network has {num_exits} exits: "
+                             f"give one threshold per exit")
+        return cls(tuple(thresholds), tuple(temperatures if temperatures is not None else [1.0] * len(thresholds)),
+                   fallback)
 
     @property
     def num_exits(self) -> int:
@@ -171,29 +173,35 @@ def model_identity(net: Any, input_shape: Sequence[int]) -> dict[str, Any]:
             "num_classes": int(net.num_classes)}
 
 
-def resolve_policy(num_exits: int, ckpt: str | Path, thresholds: Sequence[float] | None = None,
-                   thresholds_path: str | Path | None = None, temperatures: Sequence[float] | None = None,
-                   fallback: str | None = "ensemble", required: bool = True,
+POLICY_KEYS = ("thresholds", "temperatures", "fallback", "thresholds_path")
+
+
+def resolve_policy(num_exits: int, ckpt: str | Path, spec: Mapping[str, Any] | None = None, required: bool = True,
                    model: Mapping[str, Any] | None = None) -> ExitPolicy | None:
-    """The exit policy for a checkpoint (``evaluate``, ``export``, ``Predictor``): the ``thresholds`` given (with
-    ``temperatures`` and ``fallback``), else ``thresholds_path``, else the ``thresholds.json`` beside ``ckpt``.
-    ``None`` when nothing is saved and the policy is not ``required``. ``model`` (:func:`model_identity`): a saved
-    file searched for another model is refused."""
+    """The exit policy for a checkpoint (``evaluate``, ``export``, ``Predictor``) from a ``policy`` config node
+    (``spec``: ``thresholds``, ``temperatures``, ``fallback``, ``thresholds_path``): the ``thresholds`` given, else
+    ``thresholds_path``, else the ``thresholds.json`` beside ``ckpt``. ``None`` when nothing is saved and the policy
+    is not ``required``. ``model`` (:func:`model_identity`): a saved file searched for another model is refused."""
+    spec = dict(spec or {})
+    unknown = sorted(set(spec) - set(POLICY_KEYS))
+    if unknown:
+        raise ValueError(f"policy has unknown keys {unknown}; allowed: {list(POLICY_KEYS)}")
+    thresholds, thresholds_path = spec.get("thresholds"), spec.get("thresholds_path")
+    if thresholds is not None and thresholds_path:
+        raise ValueError("give either policy.thresholds or policy.thresholds_path, not both")
     if thresholds is not None:
         if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence):
-            raise ValueError(f"thresholds={thresholds!r} must be a list with one value per exit")
-        values = [float(t) for t in thresholds]
-        temps = [float(t) for t in temperatures] if temperatures is not None else None
-        check_thresholds(values, num_exits, temps)
-        return ExitPolicy.create(values, temps, fallback or "ensemble", num_exits)
+            raise ValueError(f"policy.thresholds={thresholds!r} must be a list with one value per exit")
+        return ExitPolicy.create(thresholds, spec.get("temperatures"), spec.get("fallback") or "ensemble", num_exits)
     if thresholds_path:
         if not Path(thresholds_path).is_file():
-            raise FileNotFoundError(f"thresholds_path={thresholds_path} does not exist")
+            raise FileNotFoundError(f"policy.thresholds_path={thresholds_path} does not exist")
         return ExitPolicy.load(thresholds_path, num_exits, model)
     beside = Path(ckpt).parent / "thresholds.json"
     if beside.is_file():
         return ExitPolicy.load(beside, num_exits, model)
     if required:
         raise FileNotFoundError(f"no thresholds: {beside} does not exist (the post-fit search writes it beside the "
-                                f"selected checkpoint); give thresholds_path=... or thresholds=[...] (one per exit)")
+                                f"selected checkpoint); give policy.thresholds_path=... or policy.thresholds=[...] "
+                                f"(one per exit)")
     return None

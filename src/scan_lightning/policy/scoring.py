@@ -2,7 +2,8 @@
 with a latency table, in measured milliseconds; exit branches a policy skips are not charged."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,33 @@ def evaluate_thresholds(cache: ExitCache, policy: ExitPolicy, exit_macs: torch.T
     return DynamicResult(correct.float().mean().item(), exit_macs[chosen].double().mean().item(), fractions.tolist(), ms)
 
 
+@dataclass(frozen=True)
+class Score:
+    """A policy on one split: accuracy, mean honest MACs, exit mix (K exits, then the fallback), speed-ups over the
+    plain network and over running every exit; with a latency table, predicted ms per image and its speed-up."""
+
+    accuracy: float
+    mean_macs: float
+    exit_fractions: list[float]
+    speedup_plain: float
+    speedup_deepest: float
+    mean_ms: float | None = None
+    latency_speedup_plain: float | None = None
+
+    def to_fields(self) -> dict[str, Any]:
+        """The fields as keyword arguments (to extend a score)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(Score)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON layout (latency fields only when measured)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Score:
+        """From the JSON layout (keys of other fields beside it are ignored)."""
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
 class Scorer:
     """Scores exit policies on cached outputs in both cost units: honest MACs and, with a latency table,
     measured ms per image; speed-ups against the plain network in each. Exit branches a policy skips
@@ -48,15 +76,15 @@ class Scorer:
     def __init__(self, costs: CostTable, latency: LatencyTable | None = None) -> None:
         self.costs, self.latency = costs, latency
 
-    def __call__(self, cache: ExitCache, policy: ExitPolicy) -> dict[str, Any]:
+    def __call__(self, cache: ExitCache, policy: ExitPolicy) -> Score:
+        """``policy`` on ``cache``, in both cost units."""
         skipped = torch.tensor(policy.skipped_heads(self.costs.chained))
         exit_ms = self.latency.exit_times(skipped) if self.latency is not None else None
-        res = evaluate_thresholds(cache, policy, self.costs.exit_macs(skipped), exit_ms).to_dict()
-        res["speedup_plain"] = self.costs.plain_macs / res["mean_macs"]
-        res["speedup_deepest"] = self.costs.ensemble_macs / res["mean_macs"]
-        if self.latency is not None:
-            res["latency_speedup_plain"] = self.latency.plain_ms / res["mean_ms"]
-        return res
+        res = evaluate_thresholds(cache, policy, self.costs.exit_macs(skipped), exit_ms)
+        latency_speedup = (self.latency.plain_ms / res.mean_ms
+                           if self.latency is not None and res.mean_ms is not None else None)
+        return Score(res.accuracy, res.mean_macs, res.exit_fractions, self.costs.plain_macs / res.mean_macs,
+                     self.costs.ensemble_macs / res.mean_macs, res.mean_ms, latency_speedup)
 
     def cost_model(self, cost: str, fallback: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], float]:
         """In ``cost`` units (``macs`` or ``latency``): the exit costs of each threshold vector ((P, K) ->

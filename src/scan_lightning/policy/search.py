@@ -4,13 +4,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from scan_lightning.policy.cache import ExitCache
 from scan_lightning.policy.exit_policy import choose_exits
-
-BASELINES = ("deepest", "ensemble")
+from scan_lightning.policy.settings import GASettings, SearchSettings
 
 
 def decode_genes(genes: torch.Tensor, low: float = 0.7) -> torch.Tensor:
@@ -44,74 +44,42 @@ def population_scores(confidence: torch.Tensor, outcome: torch.Tensor, threshold
     return acc, cost
 
 
-def ga_baseline(baseline: str | float) -> str | float:
-    """``search.ga.baseline`` as the GA takes it: ``deepest``, ``ensemble``, a number, or a baseline run directory
-    (SCAN's rule: the plain network's accuracy), read as that run's selected validation accuracy."""
-    if not isinstance(baseline, str) or baseline in BASELINES:
-        return baseline
-    try:
-        return float(baseline)
-    except ValueError:
-        pass
-    if "/" not in baseline and not baseline.startswith("."):
-        raise ValueError(f"search.ga.baseline={baseline!r} is not allowed; choose one of {BASELINES}, an accuracy "
-                         "in [0, 1] or a baseline run directory")
-    from scan_lightning.training.checkpoints import selected_val_accuracy
-
-    return selected_val_accuracy(baseline)
-
-
-def check_ga_settings(beta: float = 200.0, baseline: str | float = "deepest", bits: int = 30,
-                      population: int = 100, generations: int = 100, crossover_rate: float = 0.9,
-                      mutation_rate: float = 0.01, elite: int = 2, seed: int = 0) -> None:
-    """One clear error for a GA setting out of range (called before training, and by the search)."""
-    if isinstance(baseline, str) and baseline not in BASELINES:
-        baseline = ga_baseline(baseline)
-    if not isinstance(baseline, str) and not 0.0 <= float(baseline) <= 1.0:
-        raise ValueError(f"search.ga.baseline={baseline} must be an accuracy in [0, 1]")
-    for name, value, ok in (("bits", bits, bits >= 1), ("population", population, population >= 2),
-                            ("generations", generations, generations >= 1),
-                            ("elite", elite, 0 <= elite < population), ("beta", beta, beta >= 0),
-                            ("crossover_rate", crossover_rate, 0 <= crossover_rate <= 1),
-                            ("mutation_rate", mutation_rate, 0 <= mutation_rate <= 1)):
-        if not ok:
-            raise ValueError(f"search.ga.{name}={value} is out of range")
-
-
 def genetic_search(
     cache: ExitCache,
     exit_costs: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
     reference_cost: float,
-    beta: float = 200.0,
-    baseline: str | float = "deepest",
-    bits: int = 30,
-    population: int = 100,
-    generations: int = 100,
-    crossover_rate: float = 0.9,
-    mutation_rate: float = 0.01,
-    elite: int = 2,
-    seed: int = 0,
+    ga: GASettings | None = None,
     fallback: str = "ensemble",
     temperatures: list[float] | None = None,
+    **changes: Any,
 ) -> GAResult:
-    """SCAN Algorithm 2. fitness = reference_cost / mean_cost + beta * (accuracy - baseline) (Eq. 4).
+    """SCAN Algorithm 2 (Zhang et al., NeurIPS 2019). fitness = reference_cost / mean_cost + beta * (accuracy -
+    baseline) (Eq. 4).
 
     ``exit_costs``: (K + 1,) cost of leaving at each exit, then the fallback - honest MACs (the paper's
     acceleration ratio) or measured milliseconds (a latency table) - or a function giving them per threshold
     vector ((P, K) -> (P, K + 1): an exit a policy switches off costs nothing, see ``Scorer.cost_model``);
-    ``reference_cost``: the plain network's.
+    ``reference_cost``: the plain network's. ``ga``: the settings (:class:`GASettings`, checked when made); without
+    them, ``conf/search/default.yaml``'s with ``changes`` (e.g. ``population=40``).
 
     Roulette selection on shifted fitness, single-point crossover per pair, bit-flip mutation,
     ``elite`` best genomes carried over unchanged. ``baseline``: ``"deepest"``, ``"ensemble"`` or an
     accuracy in [0, 1]. Accuracy is a fraction, so beta = 200 trades 1 point of accuracy for 2x speed.
     ``fallback``: what answers samples no exit claims (``"ensemble"``, the paper, or ``"deepest"``).
     """
-    check_ga_settings(beta, baseline, bits, population, generations, crossover_rate, mutation_rate, elite, seed)
-    baseline = ga_baseline(baseline)
-    if isinstance(baseline, str):
-        base = cache.accuracy()[-2 if baseline == "deepest" else -1].item()
+    if ga is None:
+        ga = SearchSettings.from_config({"ga": changes}).ga
+    elif changes:
+        raise ValueError(f"give the GA settings either as ga= or as keywords, not both ({sorted(changes)})")
+    if ga.baseline_run is not None:
+        raise ValueError(f"search.ga.baseline={ga.baseline}: read the baseline run's accuracy first "
+                         f"(scan_lightning.training.checkpoints.resolve_baseline)")
+    if isinstance(ga.baseline, str):
+        base = cache.accuracy()[-2 if ga.baseline == "deepest" else -1].item()
     else:
-        base = float(baseline)
+        base = float(ga.baseline)
+    beta, bits, population, generations = ga.beta, ga.bits, ga.population, ga.generations
+    crossover_rate, mutation_rate, elite, seed = ga.crossover_rate, ga.mutation_rate, ga.elite, ga.seed
     g = torch.Generator().manual_seed(seed)
     k = cache.num_exits
     conf, outcome = cache.confidence(temperatures), cache.outcome(fallback)

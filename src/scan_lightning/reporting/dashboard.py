@@ -15,7 +15,9 @@ from typing import Any
 import matplotlib.pyplot as plt
 from pytorch_lightning.loggers import Logger, WandbLogger
 
+from scan_lightning.evaluation.result import PostFitResult
 from scan_lightning.models.outputs import exit_name
+from scan_lightning.policy.exit_policy import ExitPolicy
 from scan_lightning.reporting.plots import figure_accuracy_vs_macs, figure_exit_histogram
 
 EXIT_TABLE = "test/exit_table"
@@ -47,9 +49,9 @@ def log_exit_table(loggers: Iterable[Logger], rows: Sequence[Mapping[str, Any]],
         lg.log_table(EXIT_TABLE, columns=["exit", "cumulative_macs", "params", "accuracy"], data=data, step=step)
 
 
-def log_post_fit(loggers: Iterable[Logger], result: Mapping[str, Any], title: str = "", step: int | None = None) -> None:
-    """A post-fit result (``thresholds.json`` layout): the two figures as images, the budgeted curve (test top-1
-    against mean MACs) as a line plot, the thresholds, temperatures and fallback in the run summary."""
+def log_post_fit(loggers: Iterable[Logger], result: PostFitResult, title: str = "", step: int | None = None) -> None:
+    """A post-fit result: the two figures as images, the budgeted curve (test top-1 against mean MACs) as a line plot,
+    the exit policy in the run summary."""
     runs = wandb_loggers(loggers)
     if not runs:
         return
@@ -57,23 +59,23 @@ def log_post_fit(loggers: Iterable[Logger], result: Mapping[str, Any], title: st
 
     figures = {key: make(result, title) for key, make in FIGURES.items()}
     columns = ["budget_p", "mean_macs_M", "test_accuracy", "val_accuracy", "speedup_plain"]
-    rows = [[r["p"], r["mean_macs"] / 1e6, r["accuracy"], r["val_accuracy"], r["speedup_plain"]]
-            for r in result["budgeted"]]
+    rows = [[r.p, r.test.mean_macs / 1e6, r.test.accuracy, r.val_accuracy, r.test.speedup_plain]
+            for r in result.budgeted]
     for lg in runs:
         for key, fig in figures.items():
             lg.log_image(key, [fig], step=step)
         curve = wandb.plot.line(wandb.Table(columns=columns, data=rows), "mean_macs_M", "test_accuracy",
                                 title=f"Budgeted batch classification: test top-1 vs mean MACs (M) {title}".strip())
         lg.log_metrics({BUDGETED: curve}, step=step)
-        lg.experiment.summary.update(policy_summary(result))
+        lg.experiment.summary.update(policy_summary(result.policy))
     for fig in figures.values():
         plt.close(fig)
 
 
-def policy_summary(result: Mapping[str, Any]) -> dict[str, Any]:
+def policy_summary(policy: ExitPolicy) -> dict[str, Any]:
     """The exit policy as summary values: ``dynamic/threshold/exitK``, ``dynamic/temperature/exitK``, fallback."""
-    out: dict[str, Any] = {"dynamic/fallback": result["fallback"]}
-    for i, (t, temp) in enumerate(zip(result["thresholds"], result["temperatures"])):
+    out: dict[str, Any] = {"dynamic/fallback": policy.fallback}
+    for i, (t, temp) in enumerate(zip(policy.thresholds, policy.temperatures)):
         out[f"dynamic/threshold/{exit_name(i)}"] = t
         out[f"dynamic/temperature/{exit_name(i)}"] = temp
     return out

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from scan_lightning.evaluation.result import PostFitResult  # noqa: E402
 from scan_lightning.models.outputs import exit_name, exit_names  # noqa: E402
 
 
@@ -48,20 +49,20 @@ def _finish(fig: Figure, title: str) -> Figure:
     return fig
 
 
-def figure_accuracy_vs_macs(result: Mapping[str, Any], title: str = "") -> Figure:
-    """Per-exit (anytime) points, the ensemble, the budgeted curve and the GA point, all on the test set."""
+def figure_accuracy_vs_macs(result: PostFitResult, title: str = "") -> Figure:
+    """Per-exit (anytime) points, the ensemble, the budgeted curve and the policy's point, all on the test set."""
     fig, ax = plt.subplots(figsize=(8, 4.2), layout="constrained")
-    b = result["budgeted"]
-    ax.plot([r["mean_macs"] / 1e6 for r in b], [100 * r["accuracy"] for r in b], "-", color="tab:gray",
+    b = result.budgeted
+    ax.plot([r.test.mean_macs / 1e6 for r in b], [100 * r.test.accuracy for r in b], "-", color="tab:gray",
             label="budgeted (MSDNet protocol)")
-    for i, r in enumerate(result["anytime"]):
-        name = r["exit"] if r["exit"] != "ensemble" else "ensemble (all exits)"
-        ax.plot(r["macs"] / 1e6, 100 * r["accuracy"], "s", color=exit_color(i), label=name)
-    t = result["test"]
-    ax.plot(result["costs"]["plain_macs"] / 1e6, 100 * t["deepest_accuracy"], "^", ms=9, color="black",
+    for i, a in enumerate(result.anytime):
+        name = a.exit if a.exit != "ensemble" else "ensemble (all exits)"
+        ax.plot(a.macs / 1e6, 100 * a.accuracy, "s", color=exit_color(i), label=name)
+    t = result.test
+    ax.plot(result.costs.plain_macs / 1e6, 100 * t.deepest_accuracy, "^", ms=9, color="black",
             label="plain network (deepest exit only)")
-    ax.plot(t["mean_macs"] / 1e6, 100 * t["accuracy"], "*", ms=14, color="gold", mec="black",
-            label=f"GA thresholds ({t['speedup_plain']:.2f}x vs plain)")
+    ax.plot(t.mean_macs / 1e6, 100 * t.accuracy, "*", ms=14, color="gold", mec="black",
+            label=f"{'GA' if result.search else 'given'} thresholds ({t.speedup_plain:.2f}x vs plain)")
     ax.set_title("test top-1 vs mean MACs", fontsize=9)
     ax.set_xlabel("mean MACs per image (M), honest count")
     ax.set_ylabel("test top-1 (%)")
@@ -69,16 +70,16 @@ def figure_accuracy_vs_macs(result: Mapping[str, Any], title: str = "") -> Figur
     return _finish(fig, title)
 
 
-def figure_exit_histogram(result: Mapping[str, Any], title: str = "") -> Figure:
-    """Percentage of test samples leaving at each exit under the GA thresholds, the value on each bar."""
-    fractions = [100 * f for f in result["test"]["exit_fractions"]]
-    names = exit_names(len(fractions) - 1, f"fallback ({result['fallback']})")
+def figure_exit_histogram(result: PostFitResult, title: str = "") -> Figure:
+    """Percentage of test samples leaving at each exit under the policy, the value on each bar."""
+    fractions = [100 * f for f in result.test.exit_fractions]
+    names = exit_names(len(fractions) - 1, f"fallback ({result.policy.fallback})")
     fig, ax = plt.subplots(figsize=(7, 3.4), layout="constrained")
     bars = ax.bar(names, fractions, color=[exit_color(i) for i in range(len(names))], label=names)
     ax.bar_label(bars, labels=[f"{f:.1f}%" for f in fractions], fontsize=8, padding=2)
     ax.set_ylim(0, max(fractions + [1.0]) * 1.15)
     ax.set_ylabel("test samples (%)")
-    ax.set_title("where samples exit (GA thresholds)", fontsize=9)
+    ax.set_title(f"where samples exit ({'GA' if result.search else 'given'} thresholds)", fontsize=9)
     return _finish(fig, title)
 
 
@@ -117,10 +118,7 @@ def save_figure(fig: Figure, path: Path) -> Path:
     return path
 
 
-def plot_accuracy_vs_macs(result: Mapping[str, Any], path: Path, title: str = "") -> Path:
-    return save_figure(figure_accuracy_vs_macs(result, title), path)
-
-
-def plot_exit_histogram(result: Mapping[str, Any], path: Path, title: str = "") -> Path:
-    return save_figure(figure_exit_histogram(result, title), path)
-
+def save_post_fit_figures(result: PostFitResult, out_dir: Path, title: str = "") -> list[Path]:
+    """``accuracy_vs_macs.png`` and ``exit_histogram.png`` of a post-fit result in ``out_dir``."""
+    return [save_figure(figure_accuracy_vs_macs(result, title), Path(out_dir) / "accuracy_vs_macs.png"),
+            save_figure(figure_exit_histogram(result, title), Path(out_dir) / "exit_histogram.png")]

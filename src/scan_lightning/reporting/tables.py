@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from rich.table import Table
 
 from scan_lightning.cost.macs import CostTable
+from scan_lightning.evaluation.result import PostFitResult
 from scan_lightning.models.outputs import exit_name, exit_names
 from scan_lightning.runtime.timing import mac_phrase, speed_phrase
 from scan_lightning.utils.logs import render
@@ -37,50 +38,48 @@ def render_exit_table(rows: list[dict], title: str, plain_macs: int) -> str:
     return render(table)
 
 
-def render_dynamic_summary(result: dict) -> str:
+def render_dynamic_summary(result: PostFitResult) -> str:
     """Policy on test: accuracy, honest MAC (and latency) speed-ups, exit mix, calibration, budgeted curve,
     wall clock of the deployment form."""
     parts: list = []
-    t = result["test"]
+    t, policy = result.test, result.policy
     fractions = ", ".join(f"{n} {100 * f:.1f}%" for n, f in zip(
-        exit_names(result["num_exits"], f"fallback ({result['fallback']})"),
-        t["exit_fractions"]))
-    latency = (f"; predicted {t['mean_ms']:.3f} ms/img from the latency table = "
-               f"{speed_phrase(t['latency_speedup_plain'])} than the plain network" if "mean_ms" in t else "")
-    searched = f"searched on the validation split, cost: {result['cost']}" if "cost" in result else "given"
+        exit_names(result.num_exits, f"fallback ({policy.fallback})"), t.exit_fractions))
+    latency = (f"; predicted {t.mean_ms:.3f} ms/img from the latency table = "
+               f"{speed_phrase(t.latency_speedup_plain)} than the plain network"
+               if t.mean_ms is not None and t.latency_speedup_plain is not None else "")
+    searched = f"searched on the validation split, cost: {result.search.cost}" if result.search else "given"
     parts.append(
-        f"Dynamic inference (thresholds {[round(x, 4) for x in result['thresholds']]}, {searched}; "
-        f"temperatures {[round(x, 3) for x in result['temperatures']]}): test top-1 {100 * t['accuracy']:.2f}% "
-        f"(deepest exit {100 * t['deepest_accuracy']:.2f}%, ensemble {100 * t['ensemble_accuracy']:.2f}%), mean "
-        f"{t['mean_macs'] / 1e6:.2f} M MACs = {mac_phrase(t['speedup_plain'])} than the plain network, "
-        f"{mac_phrase(t['speedup_deepest'])} than running every exit{latency}; exits: {fractions}"
+        f"Dynamic inference (thresholds {[round(x, 4) for x in policy.thresholds]}, {searched}; "
+        f"temperatures {[round(x, 3) for x in policy.temperatures]}): test top-1 {100 * t.accuracy:.2f}% "
+        f"(deepest exit {100 * t.deepest_accuracy:.2f}%, ensemble {100 * t.ensemble_accuracy:.2f}%), mean "
+        f"{t.mean_macs / 1e6:.2f} M MACs = {mac_phrase(t.speedup_plain)} than the plain network, "
+        f"{mac_phrase(t.speedup_deepest)} than running every exit{latency}; exits: {fractions}"
     )
-    cal = result.get("calibration")
+    cal = result.calibration
     if cal:
-        parts.append("Calibration (per-exit temperature, fitted on {fitted_on} validation images): ECE on test "
-                      "before -> after: {pairs}".format(fitted_on=cal["fitted_on"], pairs=", ".join(
-                          f"{exit_name(i)} {b:.3f} -> {a:.3f}"
-                          for i, (b, a) in enumerate(zip(cal["ece_test_before"], cal["ece_test_after"])))))
+        parts.append(f"Calibration (per-exit temperature, fitted on {cal.fitted_on} validation images): ECE on test "
+                     "before -> after: " + ", ".join(f"{exit_name(i)} {b:.3f} -> {a:.3f}" for i, (b, a) in
+                                                     enumerate(zip(cal.ece_test_before, cal.ece_test_after))))
     budget = Table(title="Budgeted batch classification (test; thresholds from validation)")
-    has_ms = any("mean_ms" in r for r in result["budgeted"])
+    has_ms = any(r.test.mean_ms is not None for r in result.budgeted)
     for col in ("p", "mean MACs (M)", *(["mean ms/img (table)"] if has_ms else []), "top-1 %"):
         budget.add_column(col, justify="right")
-    for r in result["budgeted"][:: max(1, len(result["budgeted"]) // 8)]:
-        budget.add_row(f"{r['p']:.2f}", f"{r['mean_macs'] / 1e6:.2f}",
-                       *([f"{r['mean_ms']:.3f}"] if has_ms else []), f"{100 * r['accuracy']:.2f}")
+    for r in result.budgeted[:: max(1, len(result.budgeted) // 8)]:
+        budget.add_row(f"{r.p:.2f}", f"{r.test.mean_macs / 1e6:.2f}",
+                       *([f"{r.test.mean_ms:.3f}"] if has_ms and r.test.mean_ms is not None else []),
+                       f"{100 * r.test.accuracy:.2f}")
     parts.append(budget)
-    timings = result.get("wall_clock") or []
-    if timings:
-        form = ", ".join(k for k, v in result.get("deploy", {}).items() if v) or "eager"
+    if result.wall_clock:
+        form = ", ".join(k for k, v in (result.deploy.to_dict() if result.deploy else {}).items() if v) or "eager"
         wall = Table(title=f"Wall clock: real early exit vs the plain network, same images, deployment form: {form}")
         for col in ("batch", "images", "plain ms/img", "early-exit ms/img", "early-exit img/s", "batch p50 / p95 ms",
                     "wall clock", "MACs", "wall / MAC"):
             wall.add_column(col, justify="right")
-        for r in timings:
-            e = r["early_exit"]
-            wall.add_row(str(r["batch_size"]), str(r["images"]), f"{r['full_ms_per_image']:.3f}",
-                         f"{r['early_exit_ms_per_image']:.3f}", f"{e['images_per_s']:.0f}",
-                         f"{e['call_p50_ms']:.2f} / {e['call_p95_ms']:.2f}", speed_phrase(r["wall_speedup"]),
-                         mac_phrase(r["mac_speedup"]), f"{r['efficiency']:.2f}")
+        for w in result.wall_clock:
+            e = w.early_exit
+            wall.add_row(str(w.batch_size), str(w.images), f"{w.full.ms_per_image:.3f}", f"{e.ms_per_image:.3f}",
+                         f"{e.images_per_s:.0f}", f"{e.call_p50_ms:.2f} / {e.call_p95_ms:.2f}",
+                         speed_phrase(w.wall_speedup), mac_phrase(w.mac_speedup), f"{w.efficiency:.2f}")
         parts.append(wall)
     return render(*parts)

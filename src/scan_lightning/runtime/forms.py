@@ -19,7 +19,9 @@ same rewritten parts, so both sides get the same treatment.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,24 +30,50 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from scan_lightning.models.heads import AttentionModule
 from scan_lightning.models.multi_exit import ExitBranch, MultiExitNetwork, SectionOutput, exit_input
+from scan_lightning.runtime.backend import Backend, run_all_exits, run_plain
 from scan_lightning.runtime.memory import retain_freed_memory
+from scan_lightning.utils.config import group_defaults, merged
 
 
 @dataclass(frozen=True)
 class DeployOptions:
-    """Which rewrites :func:`deploy` applies (all on but ``compile``, which costs ~10-60 s per part up front, and
+    """Which rewrites the deployment form applies; :meth:`default` is ``timing.deploy`` of
+    ``conf/timing/default.yaml`` (all on but ``compile``, which costs ~10-60 s per part up front, and
     ``onnxruntime``, an optional extra). ``retain_memory`` is process-wide (it tunes malloc), so the plain
     network timed beside the early-exit one runs with it as well."""
 
-    fold_batchnorm: bool = True
-    in_place_attention: bool = True
-    patch_matmul: bool = True
-    channels_last: bool = True
-    compile: bool = False
-    onnxruntime: bool = False
-    retain_memory: bool = True
+    fold_batchnorm: bool
+    in_place_attention: bool
+    patch_matmul: bool
+    channels_last: bool
+    compile: bool
+    onnxruntime: bool
+    retain_memory: bool
 
-    def to_dict(self) -> dict:
+    def __post_init__(self) -> None:
+        not_bool = {k: v for k, v in asdict(self).items() if not isinstance(v, bool)}
+        if not_bool:
+            raise ValueError(f"timing.deploy settings must be true or false; got {not_bool}")
+        if self.compile and self.onnxruntime:
+            raise ValueError("timing.deploy: compile and onnxruntime exclude each other; choose one")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None = None) -> DeployOptions:
+        """From a ``timing.deploy`` node; what it leaves out comes from ``conf/timing/default.yaml``."""
+        return cls(**merged(group_defaults("timing")["deploy"], cfg, "timing.deploy"))
+
+    @classmethod
+    def default(cls, **changes: bool) -> DeployOptions:
+        """The default deployment form, with ``changes``."""
+        return cls.from_config(changes)
+
+    @classmethod
+    def off(cls) -> DeployOptions:
+        """No rewrite at all: the network's own modules (outputs bit-identical)."""
+        return cls(**dict.fromkeys(cls.__dataclass_fields__, False))
+
+    def to_dict(self) -> dict[str, bool]:
+        """The options as plain data."""
         return asdict(self)
 
 
@@ -148,7 +176,7 @@ class DeployedNetwork(nn.Module):
 
     def __init__(self, net: MultiExitNetwork, options: DeployOptions | None = None) -> None:
         super().__init__()
-        self.options = options or DeployOptions(**dict.fromkeys(DeployOptions.__dataclass_fields__, False))
+        self.options = options or DeployOptions.off()
         if self.options.retain_memory and all(p.device.type == "cpu" for p in net.parameters()):
             retain_freed_memory()
         net = fold_batchnorm(net) if self.options.fold_batchnorm else copy.deepcopy(net).eval()
@@ -191,29 +219,16 @@ class DeployedNetwork(nn.Module):
         """The plain network's head on the last section's output: the deep exit alone, no ISC."""
         return self._deep_fn(h)
 
-    @torch.inference_mode()
     def plain(self, x: torch.Tensor) -> torch.Tensor:
-        """The plain network: every section, then the deep head alone (no shallow exits, no ISC). A network with
-        linear ISC has no such head (its deepest classifier reads the previous exits): it runs every exit."""
-        if self.isc == "linear":
-            return self.all_exits(x)[-1]
-        h = self.prepare(x)
-        for fn in self._section_fns:
-            h = fn(h)
-        return self._deep_fn(h)
+        """The plain network (:func:`~scan_lightning.runtime.backend.run_plain`)."""
+        return run_plain(self, x)
 
-    @torch.inference_mode()
     def all_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every exit's logits for every sample (what the network computes without early exit)."""
-        h, logits, out = self.prepare(x), None, []
-        for i in range(self.num_exits):
-            h = self.section(i, h)
-            logits = self.exit(i, h, logits)
-            out.append(logits)
-        return out
+        return run_all_exits(self, x)
 
 
-def as_deployed(net):
+def as_deployed(net: MultiExitNetwork | Backend) -> Backend:
     """``net`` itself if already in a deployment form, else its parts as they are (no rewrite: outputs
     bit-identical)."""
     return DeployedNetwork(net) if isinstance(net, MultiExitNetwork) else net

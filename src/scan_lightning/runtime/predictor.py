@@ -1,10 +1,10 @@
-"""Real early exit (SCAN Algorithm 1) by batch compaction, and the equivalent rule on cached outputs.
+"""Real early exit (SCAN Algorithm 1, Zhang et al. NeurIPS 2019) by batch compaction: one loop for every batch size.
 
 Walk the exits shallow to deep; a sample leaves at the first exit whose max softmax (at that exit's
 temperature) is above the exit's threshold; a sample no exit claims gets the ensemble (mean of all
 exits' logits; the paper) or, with ``fallback="deepest"``, the deepest exit's answer. After each exit
-only the undecided samples run the next section. An exit branch no decision reads (threshold 1 with the
-deepest-exit fallback and no ISC) is not run.
+only the undecided samples run the next section (a batch of one simply stops). An exit branch no decision
+reads (threshold 1 with the deepest-exit fallback and no ISC) is not run.
 """
 from __future__ import annotations
 
@@ -14,19 +14,15 @@ import torch
 
 from scan_lightning.cost.macs import CostTable
 from scan_lightning.models.multi_exit import MultiExitNetwork, take_samples
-from scan_lightning.policy.exit_policy import (  # noqa: F401  (re-exported)
-    FALLBACKS,
-    ExitPolicy,
-    check_fallback,
-    check_thresholds,
-    choose_exits,
-    exit_confidence,
-)
-from scan_lightning.runtime.forms import DeployedNetwork, as_deployed
+from scan_lightning.policy.exit_policy import ExitPolicy, exit_confidence
+from scan_lightning.runtime.backend import Backend, run_plain
+from scan_lightning.runtime.forms import as_deployed
 
 
 @dataclass
 class EarlyExitResult:
+    """Per sample: the answer, where it was given, what it cost and how confident it was."""
+
     prediction: torch.Tensor   # (N,) class per sample
     exit_index: torch.Tensor   # (N,) 0..K-1, or K when no exit claimed the sample (fallback)
     macs: torch.Tensor         # (N,) MACs each sample paid (honest cumulative count)
@@ -36,12 +32,11 @@ class EarlyExitResult:
 class EarlyExitPredictor:
     """Runs only what each sample needs, as ``policy`` decides; ``costs`` gives the MACs a sample paid at its exit.
 
-    ``net``: a :class:`MultiExitNetwork` (run as it is) or a :class:`DeployedNetwork` (its deployment form).
-    A batch of one simply stops at its exit; a larger batch is compacted after every exit, so only the
-    undecided samples run the next section.
+    ``net``: a :class:`MultiExitNetwork` (run as it is) or any :class:`~scan_lightning.runtime.backend.Backend`
+    (a deployment form: eager, compiled, onnxruntime).
     """
 
-    def __init__(self, net: MultiExitNetwork | DeployedNetwork, policy: ExitPolicy, costs: CostTable) -> None:
+    def __init__(self, net: MultiExitNetwork | Backend, policy: ExitPolicy, costs: CostTable) -> None:
         self.net = as_deployed(net)
         self.policy = policy.for_exits(self.net.num_exits)
         self.skipped = policy.skipped_heads(chained=self.net.isc is not None)   # branches no decision reads
@@ -49,14 +44,12 @@ class EarlyExitPredictor:
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> EarlyExitResult:
-        if x.shape[0] == 1:
-            return self._one(x)
         net, policy, k = self.net, self.policy, self.net.num_exits
-        n = x.shape[0]
-        prediction = torch.empty(n, dtype=torch.long, device=x.device)
-        confidence = torch.empty(n, device=x.device)
-        exit_index = torch.full((n,), k, dtype=torch.long, device=x.device)
-        alive = torch.arange(n, device=x.device)       # original indices of undecided samples
+        n, device = x.shape[0], x.device
+        prediction = torch.empty(n, dtype=torch.long, device=device)
+        confidence = torch.empty(n, device=device)
+        exit_index = torch.full((n,), k, dtype=torch.long, device=device)
+        alive = torch.arange(n, device=device)         # original indices of undecided samples
         logit_sum = None                               # running sum of their logits (for the ensemble)
         h, logits = net.prepare(x), None
         for i in range(k):
@@ -67,6 +60,11 @@ class EarlyExitPredictor:
             logit_sum = logits if logit_sum is None or policy.fallback != "ensemble" else logit_sum + logits
             conf, pred = policy.confidence(logits, i)
             fire = conf > policy.thresholds[i]
+            if alive.numel() == 1:                     # one sample: it stops at its exit, nothing to compact
+                if not fire.item():
+                    continue
+                prediction[alive], confidence[alive], exit_index[alive] = pred, conf, i
+                break
             if fire.any():
                 done = alive[fire]
                 prediction[done], confidence[done], exit_index[done] = pred[fire], conf[fire], i
@@ -77,29 +75,10 @@ class EarlyExitPredictor:
         else:
             conf, pred = exit_confidence(logit_sum / k if policy.fallback == "ensemble" else logits)
             prediction[alive], confidence[alive] = pred, conf
-        return EarlyExitResult(prediction, exit_index, self.exit_macs.to(x.device)[exit_index], confidence)
-
-    def _one(self, x: torch.Tensor) -> EarlyExitResult:
-        """One sample: no compaction, it stops at the first exit that claims it."""
-        net, policy, k = self.net, self.policy, self.net.num_exits
-        h, logits, logit_sum, index = net.prepare(x), None, None, k
-        for i in range(k):
-            h = net.section(i, h)
-            if self.skipped[i]:
-                continue
-            logits = net.exit(i, h, logits)
-            conf, pred = policy.confidence(logits, i)
-            if conf.item() > policy.thresholds[i]:
-                index = i
-                break
-            logit_sum = logits if logit_sum is None else logit_sum + logits
-        else:
-            conf, pred = exit_confidence(logit_sum / k if policy.fallback == "ensemble" else logits)
-        return EarlyExitResult(pred, torch.tensor([index], device=x.device),
-                               self.exit_macs.to(x.device)[index].reshape(1), conf)
+        return EarlyExitResult(prediction, exit_index, self.exit_macs.to(device)[exit_index], confidence)
 
 
-@torch.inference_mode()
-def full_network(net: MultiExitNetwork | DeployedNetwork, x: torch.Tensor) -> torch.Tensor:
-    """The deepest exit alone: every section plus the deep head, no shallow exits (the plain network)."""
-    return as_deployed(net).plain(x)
+def full_network(net: MultiExitNetwork | Backend, x: torch.Tensor) -> torch.Tensor:
+    """The plain network's logits: every section plus the deep head, no shallow exits (see
+    :func:`~scan_lightning.models.multi_exit.plain_runs_every_exit`)."""
+    return run_plain(as_deployed(net), x)

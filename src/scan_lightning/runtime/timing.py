@@ -7,17 +7,20 @@ latency percentiles. Speed is said as "1.30x faster" or "0.80x the speed", never
 """
 from __future__ import annotations
 
+import functools
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
 from scan_lightning.cost.latency import LatencyTable
 from scan_lightning.cost.macs import CostTable
+from scan_lightning.models.multi_exit import plain_runs_every_exit
 from scan_lightning.policy.exit_policy import ExitPolicy
-from scan_lightning.runtime.forms import DeployedNetwork
+from scan_lightning.runtime.backend import Backend, run_plain
 from scan_lightning.runtime.predictor import EarlyExitPredictor
 
 
@@ -132,21 +135,31 @@ class TimingResult:
                 "full_ms_per_image": self.full_ms_per_image, "early_exit_ms_per_image": self.early_exit_ms_per_image,
                 "wall_speedup": self.wall_speedup, "mac_speedup": self.mac_speedup, "efficiency": self.efficiency}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TimingResult:
+        """From :meth:`to_dict`'s layout (the derived figures are recomputed)."""
+        def side(d: Mapping[str, Any]) -> SideTiming:
+            return SideTiming(**{k: float(d[k]) for k in SideTiming.__dataclass_fields__})
+
+        return cls(int(data["batch_size"]), int(data["images"]), str(data["device"]), side(data["full"]),
+                   side(data["early_exit"]), float(data["mac_speedup"]))
+
 
 @torch.inference_mode()
-def time_early_exit(net: DeployedNetwork, predictor: EarlyExitPredictor, costs: CostTable, images: torch.Tensor,
+def time_early_exit(net: Backend, predictor: EarlyExitPredictor, costs: CostTable, images: torch.Tensor,
                     batch_size: int, repeats: int = 5) -> TimingResult:
     """Time the plain network and the early-exit predictor over ``images`` in batches of ``batch_size``."""
     device = net.device
     batches = list(images.to(device).split(batch_size))
     n = images.shape[0]
-    full, early = interleaved_calls([net.plain, predictor], batches, repeats, Stopwatch(device))
+    full, early = interleaved_calls([functools.partial(run_plain, net), predictor], batches, repeats,
+                                   Stopwatch(device))
     macs = torch.cat([predictor(x).macs for x in batches]).double().mean().item()
     return TimingResult(batch_size, n, str(device), SideTiming.from_calls(full, n), SideTiming.from_calls(early, n),
                         costs.plain_macs / macs)
 
 
-def measure_wall_clock(net: DeployedNetwork, costs: CostTable, policy: ExitPolicy, images: torch.Tensor,
+def measure_wall_clock(net: Backend, costs: CostTable, policy: ExitPolicy, images: torch.Tensor,
                        batch_sizes: Iterable[int] = (1, 256), repeats: int = 5) -> list[TimingResult]:
     """:func:`time_early_exit` at each batch size, the predictor at ``policy``, both sides in ``net``'s form."""
     predictor = EarlyExitPredictor(net, policy, costs)
@@ -165,7 +178,7 @@ def first_images(batches: Iterable, n: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def measure_latency(net: DeployedNetwork, images: torch.Tensor, batch_size: int = 1, repeats: int = 20
+def measure_latency(net: Backend, images: torch.Tensor, batch_size: int = 1, repeats: int = 20
                     ) -> LatencyTable:
     """Time each section and each exit of ``net`` on ``batch_size`` of ``images`` (median of ``repeats``)."""
     x = net.prepare(images[:batch_size])
@@ -181,5 +194,6 @@ def measure_latency(net: DeployedNetwork, images: torch.Tensor, batch_size: int 
         sections.append(watch.median_ms(lambda i=i, h=h_in: net.section(i, h), repeats) / batch_size)
         exits.append(watch.median_ms(lambda i=i, h=out, p=previous: net.exit(i, h, p), repeats) / batch_size)
         previous = net.exit(i, out, previous)
-    deep = watch.median_ms(lambda: net.deep(out), repeats) / batch_size
-    return LatencyTable(batch_size, str(x.device), sections, exits, deep)
+    every_exit = plain_runs_every_exit(net.isc)        # no deep head stands alone: the plain network is every exit
+    deep = 0.0 if every_exit else watch.median_ms(lambda: net.deep(out), repeats) / batch_size
+    return LatencyTable(batch_size, str(x.device), sections, exits, deep, every_exit)

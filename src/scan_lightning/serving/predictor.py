@@ -19,6 +19,7 @@ from rich.progress import track
 
 from scan_lightning.cost.macs import measure_costs
 from scan_lightning.evaluation.analysis import pick_budget
+from scan_lightning.evaluation.result import PostFitResult
 from scan_lightning.export import deploy
 from scan_lightning.policy.exit_policy import ExitPolicy, model_identity, resolve_policy
 from scan_lightning.runtime.forms import DeployOptions
@@ -63,7 +64,7 @@ class Predictor:
     """
 
     def __init__(self, runner: Runner, policy: ExitPolicy, input_shape: Sequence[int], device: torch.device | str = "cpu",
-                 class_names: list[str] | None = None, budgeted: dict | None = None,
+                 class_names: list[str] | None = None, budgeted: PostFitResult | None = None,
                  rebuild: Callable[[ExitPolicy], Runner] | None = None) -> None:
         self.runner, self.policy, self.input_shape = runner, policy, tuple(input_shape)
         self.device = torch.device(device)
@@ -90,18 +91,18 @@ class Predictor:
         net = module.net.eval()
         data = module.hparams.run_config.get("data", {}) if module.hparams.run_config else {}
         shape = (data["in_channels"], data["image_size"], data["image_size"])
-        given = None if isinstance(thresholds, (str, Path)) else thresholds
         saved_path = Path(thresholds) if isinstance(thresholds, (str, Path)) else path.parent / "thresholds.json"
+        saved = saved_result(saved_path)
         if budget_macs is not None or budget_ms is not None:
-            if not saved_path.is_file():
+            if saved is None:
                 raise FileNotFoundError(f"a budget needs the saved budgeted curve in {saved_path}")
-            policy = pick_budget(json.loads(saved_path.read_text()), budget_macs, budget_ms).for_exits(net.num_exits)
+            policy = pick_budget(saved, budget_macs, budget_ms).for_exits(net.num_exits)
         else:
-            policy = resolve_policy(net.num_exits, path, given, thresholds if given is None else None,
-                                    model=model_identity(net, shape))
-        saved = json.loads(saved_path.read_text()) if saved_path.is_file() else None
+            spec = {"thresholds_path": str(thresholds)} if isinstance(thresholds, (str, Path)) else \
+                {"thresholds": thresholds}
+            policy = resolve_policy(net.num_exits, path, spec, model=model_identity(net, shape))
         if deploy_options is None:
-            deploy_options = DeployOptions(**saved["deploy"]) if saved and saved.get("deploy") else DeployOptions()
+            deploy_options = saved.deploy if saved is not None and saved.deploy else DeployOptions.default()
         costs = measure_costs(net, shape)
         deployed = deploy(net, deploy_options, costs)
 
@@ -154,6 +155,15 @@ class Predictor:
         cat = lambda name: torch.cat([getattr(r, name).reshape(-1).cpu() for r in results])  # noqa: E731
         return Predictions(cat("prediction"), cat("confidence"), cat("exit_index"), cat("macs"), batch_ms,
                            self.class_names)
+
+
+def saved_result(path: Path) -> PostFitResult | None:
+    """The post-fit result saved at ``path`` (``thresholds.json``); ``None`` when there is none or the file holds a
+    policy alone (thresholds, temperatures, fallback)."""
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return PostFitResult.from_json(data, source=str(path)) if isinstance(data, dict) and "budgeted" in data else None
 
 
 def load_export(path: str | Path, device: str | torch.device = "cpu") -> tuple[Runner, dict]:

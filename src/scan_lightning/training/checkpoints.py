@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from scan_lightning.policy.settings import SearchSettings
+
 
 def load_plain(path: str | Path) -> object:
     """A file written by ``torch.save``, loaded as plain data (``weights_only=True``) on the CPU."""
@@ -93,3 +95,10 @@ def selected_val_accuracy(run_dir: str | Path) -> float:
             if state.get("best_model_score") is not None:
                 return float(state["best_model_score"])
     raise ValueError(f"search.ga.baseline={run_dir}: its checkpoint {selected} records no val/acc/* selection score")
+
+
+def resolve_baseline(settings: SearchSettings) -> SearchSettings:
+    """The search settings with a GA baseline that names a run directory read as that run's selected validation
+    accuracy (SCAN's rule: the plain baseline network's accuracy), so the search itself loads no checkpoint."""
+    run = settings.ga.baseline_run
+    return settings if run is None else settings.with_baseline(selected_val_accuracy(run))

@@ -1,7 +1,10 @@
 """Where the Hydra configs are, the resolvers they use, and the one helper every object is built with."""
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +110,37 @@ def to_plain(cfg: DictConfig) -> dict:
 
 
 register_resolvers()
+
+
+@functools.cache
+def _group_defaults(group: str, option: str) -> str:
+    node = OmegaConf.load(config_dir() / group / f"{option}.yaml")
+    root = OmegaConf.create({"seed": 0, "node": node})          # ${seed} outside a run: 0
+    return json.dumps(OmegaConf.to_container(root.node, resolve=True))
+
+
+def group_defaults(group: str, option: str = "default") -> dict[str, Any]:
+    """A config group's option (``conf/<group>/<option>.yaml``) as plain data, the one home of its defaults; an
+    interpolated ``${seed}`` reads 0 outside a run."""
+    return json.loads(_group_defaults(group, option))
+
+
+def check_keys(given: Mapping[str, Any], allowed: Mapping[str, Any], where: str) -> None:
+    """One clear error for keys of ``given`` that ``allowed`` does not have."""
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {unknown}; allowed: {sorted(allowed)}")
+
+
+def merged(defaults: Mapping[str, Any], given: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
+    """``given`` over ``defaults``, one level of nested mappings deep, unknown keys refused."""
+    given = dict(given or {})
+    check_keys(given, defaults, where)
+    out = dict(defaults)
+    for key, value in given.items():
+        if isinstance(defaults[key], Mapping) and isinstance(value, Mapping):
+            check_keys(value, defaults[key], f"{where}.{key}")
+            out[key] = {**defaults[key], **value}
+        else:
+            out[key] = value
+    return out
