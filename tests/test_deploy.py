@@ -171,3 +171,34 @@ def test_predictor_on_the_deployment_form_equals_compute_all_then_choose(batch, 
         assert len(set(exits.tolist())) >= 3
 
 
+
+
+@pytest.mark.parametrize("isc", [None, "identity", "linear"])
+def test_the_plain_network_is_one_rule_on_every_backend(isc):
+    """The plain baseline of every speed ratio: every section and the deep head alone (no ISC input) without ISC
+    and with identity ISC; every exit with linear ISC, whose deepest classifier reads the previous logits. The
+    eager form, onnxruntime, the MAC count and the latency table all follow it."""
+    pytest.importorskip("onnxruntime")
+    from scan_lightning.export import OrtNetwork
+    from scan_lightning.runtime.timing import measure_latency
+
+    net = scan_net(isc).eval()
+    x = torch.randn(4, 3, 32, 32)
+    costs = measure_costs(net, (3, 32, 32))
+    eager = DeployedNetwork(net)
+    ort = OrtNetwork(eager, costs)
+    if isc == "linear":
+        want = eager.all_exits(x)[-1]
+        assert costs.plain_macs == costs.ensemble_macs
+    else:
+        h = x
+        for section in net.sections:
+            h = section(h)
+        want = net.heads[-1].fc(net.heads[-1].features(h))          # the deep head, no previous logits
+        assert costs.plain_macs == costs.backbone_macs + costs.exits[-1].head_macs
+    torch.testing.assert_close(eager.plain(x), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ort.plain(x), want, atol=2e-4, rtol=2e-4)
+    table = measure_latency(eager, x, batch_size=2, repeats=1)
+    assert table.plain_every_exit == (isc == "linear")
+    expected = sum(table.section_ms) + (sum(table.exit_ms_own) if isc == "linear" else table.deep_head_ms)
+    assert table.plain_ms == pytest.approx(expected)
