@@ -7,14 +7,15 @@ DATA_DIR ?= data
 FMNIST_RAW := $(DATA_DIR)/FashionMNIST/raw
 DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: help setup data demo test test-slow bench clean
+.PHONY: help setup data demo test test-slow docs bench clean
 
 help:
 	@echo "make demo       set up, then train + evaluate the quickstart (Fashion-MNIST, CPU, < 10 min)"
-	@echo "make test       set up, then lint (ruff) and run the test suite (slow tests excluded)"
+	@echo "make test       set up, then lint (ruff), build the docs (--strict) and run the test suite (slow tests excluded)"
 	@echo "make test-slow  only the tests marked slow"
 	@echo "make setup      create $(VENV) and install scan_lightning[dev] (editable)"
 	@echo "make data       install the Fashion-MNIST IDX files into $(FMNIST_RAW)"
+	@echo "make docs       set up, then build the documentation site into site/ (mkdocs, --strict)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,10 +40,14 @@ demo: setup data
 
 test: setup
 	$(PY) -m ruff check .
+	$(PY) -m mkdocs build --strict --site-dir build/site
 	$(PY) -m pytest -q
 
 test-slow: setup data
 	$(PY) -m pytest -q -m slow
 
+docs: setup
+	$(PY) -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info
+	rm -rf $(VENV) build dist site src/*.egg-info
