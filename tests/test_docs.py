@@ -28,7 +28,11 @@ def test_every_module_is_in_the_api_reference():
 
 
 def test_every_nav_page_exists():
-    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text().replace("!!python/name:", "python-name "))
+    class Loader(yaml.SafeLoader):   # mkdocs.yml's tags (!relative, !!python/name:...) do not matter here
+        pass
+
+    Loader.add_multi_constructor("", lambda loader, suffix, node: None)
+    config = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=Loader)  # noqa: S506
 
     def pages(node):
         if isinstance(node, str):
