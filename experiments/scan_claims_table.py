@@ -25,6 +25,15 @@ VARIANTS = {"fashion_claims_baseline": "(a) baseline", "fashion_claims_dsn": "(b
 EXITS = 4
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def repo_relative(path: str) -> str:
+    """A path as the results record it: relative to the repository when it lies inside it (no machine's path)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else path
+
+
 def collect(sweep_dir: Path) -> list[dict]:
     rows = []
     for job in sorted(p for p in sweep_dir.iterdir() if (p / "summary.json").is_file()):
@@ -33,7 +42,7 @@ def collect(sweep_dir: Path) -> list[dict]:
             continue
         cfg = OmegaConf.load(job / "config_resolved.yaml")
         m = summary["metrics"]
-        row = {"job": job.name, "variant": cfg.task_name, "seed": int(cfg.seed), "checkpoint": summary["checkpoint"],
+        row = {"job": job.name, "variant": cfg.task_name, "seed": int(cfg.seed), "checkpoint": repo_relative(summary["checkpoint"]),
                "exits": [100 * m[f"test/acc/{name}"] for name in exit_names(EXITS, None)],
                "ensemble": 100 * m["test/acc/ensemble"]}
         saved = job / "checkpoints" / "thresholds.json"

@@ -26,10 +26,20 @@ def test_data_configs_instantiate(make_cfg, tmp_path, name):
 @pytest.mark.parametrize("loss", options("loss"))
 @pytest.mark.parametrize("optim", options("optim"))
 def test_module_instantiates_with_every_loss_and_optim(make_cfg, loss, optim):
-    module = build_module(make_cfg(f"loss={loss}", f"optim={optim}", "data=synthetic"))
+    cfg = make_cfg(f"loss={loss}", f"optim={optim}", "data=synthetic")
+    module = build_module(cfg)
     opt = module.configure_optimizers()
-    assert opt is not None
-    assert str(module.criterion)
+    optimizer = opt["optimizer"] if isinstance(opt, dict) else opt
+    # every trainable parameter of the network is optimised, once, at the configured learning rate
+    optimised = [p for group in optimizer.param_groups for p in group["params"]]
+    assert len(optimised) == len({id(p) for p in optimised})
+    assert {id(p) for p in optimised} == {id(p) for p in module.net.parameters() if p.requires_grad}
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(cfg.optim.optimizer.lr)
+    if cfg.optim.get("scheduler"):
+        assert opt["lr_scheduler"]["scheduler"].optimizer is optimizer
+    # the composer holds the configured terms with their configured weights
+    terms = {name: float(term.weight) for name, term in module.criterion.terms.items()}
+    assert terms == pytest.approx({name: float(cfg.loss.terms[name].weight) for name in cfg.loss.terms})
 
 
 @pytest.mark.parametrize("name", options("trainer"))

@@ -370,7 +370,7 @@ def scan_temperatures(temp_cache, num_exits: int) -> tuple[list[float], str]:
 def scan_candidates(val, costs, temps: list[float]) -> list[dict]:
     """Threshold vectors to choose from, all searched on ``val`` at the exits' temperatures: "never exit",
     the GA (SCAN Algorithm 2) at several beta, and the budgeted (MSDNet) sweep, each with both fallbacks."""
-    from scan_lightning.evaluation.analysis import Scorer
+    from scan_lightning.policy.scoring import Scorer
     from scan_lightning.policy.search import budget_sweep, genetic_search
 
     k = val.num_exits
@@ -607,8 +607,9 @@ def run_evaluate_stage(args, split: dict) -> dict:
     from earlyon.staged import staged_model
 
     from scan_lightning.cost.macs import measure_costs
-    from scan_lightning.policy.cache import ExitCache, collect_outputs, evaluate_thresholds
+    from scan_lightning.policy.cache import ExitCache, collect_outputs
     from scan_lightning.policy.exit_policy import ExitPolicy
+    from scan_lightning.policy.scoring import evaluate_thresholds
 
     torch.set_num_threads(args.eval_threads)
     t_start = time.perf_counter()
