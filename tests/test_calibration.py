@@ -18,14 +18,7 @@ from scan_lightning.policy.calibration import (
     split_cache,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: intra-op threads only add contention on a shared CPU (seconds instead of ms)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny tensors: a second thread only adds contention
 
 
 def synthetic(scales: list[float], n: int = 4000, c: int = 10, seed: int = 0) -> ExitCache:

@@ -1,4 +1,4 @@
-"""inference/cost.py: the per-exit cost table (the MACs and parameters a sample leaving at each exit really paid
+"""cost/macs.py: the per-exit cost table (the MACs and parameters a sample leaving at each exit really paid
 for) against PyTorch's FLOP counter, and against the reference counts of SCAN's ResNet-18 on CIFAR-100."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""evaluate.py: evaluating a trained checkpoint with the thresholds saved beside it, with given thresholds, and
+"""cli/evaluate.py: evaluating a trained checkpoint with the thresholds saved beside it, with given thresholds, and
 refusing thresholds of the wrong count or for another network, or a missing checkpoint."""
 from __future__ import annotations
 

@@ -131,13 +131,7 @@ class Case:
         assert torch.equal(exit_index, self.single[1]) and torch.equal(prediction, self.single[0])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny networks: one intra-op thread is faster than two, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny tensors: a second thread only adds contention
 
 
 _CASES: dict[str, Case] = {}

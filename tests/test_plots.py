@@ -1,4 +1,4 @@
-"""plots.py: the post-fit search of a run draws accuracy vs MACs and the exit histogram next to thresholds.json."""
+"""reporting/plots.py: the post-fit search of a run draws accuracy vs MACs and the exit histogram next to thresholds.json."""
 from __future__ import annotations
 
 

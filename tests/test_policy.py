@@ -1,4 +1,4 @@
-"""inference/policy.py: an ExitPolicy's thresholds, temperatures and fallback are checked, and a thresholds.json
+"""policy/exit_policy.py: an ExitPolicy's thresholds, temperatures and fallback are checked, and a thresholds.json
 written for another model is refused."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The real early-exit predictor and the user-facing Predictor. inference/predictor.py: EarlyExitPredictor takes
+"""The real early-exit predictor and the user-facing Predictor. runtime/predictor.py: EarlyExitPredictor takes
 the same exits and answers as computing every exit and then choosing (Algorithm 1), at batch 1 and 64, with
-either fallback, and agrees with the evaluation on cached outputs. serving.py: scan_lightning.Predictor from a
+either fallback, and agrees with the evaluation on cached outputs. serving/predictor.py: scan_lightning.Predictor from a
 checkpoint (thresholds beside it, given, or from a budget) and from an export; predictions on tensors and
 DataLoaders; bad input."""
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Threshold searches. inference/search.py: SCAN's genetic algorithm (the known optimum of a constructed case,
+"""Threshold searches. policy/search.py: SCAN's genetic algorithm (the known optimum of a constructed case,
 gene decoding, fitness vectorised over the population, the baseline accuracy read from a baseline run) and the
-budgeted search (MSDNet's protocol). inference/analysis.py: the fallback choice, search_and_score with the latency
+budgeted search (MSDNet's protocol). evaluation/analysis.py: the fallback choice, search_and_score with the latency
 cost and with calibration, picking a budget, and the scorer's speed-ups. Bad search settings stop a run before
 training."""
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Timing the deployment form: the per-section latency table (inference/latency.py), the wall clock of real early
+"""Timing the deployment form: the per-section latency table (cost/latency.py), the wall clock of real early
 exit against the plain network on the same images, its median and quartiles and its wording
-(inference/timing.py), and the timing settings' checks."""
+(runtime/timing.py), and the timing settings' checks."""
 from __future__ import annotations
 
 import pytest

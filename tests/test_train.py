@@ -1,4 +1,4 @@
-"""train.py end to end on synthetic data: a fast_dev_run, what the shared two-epoch run leaves (resolved config,
+"""cli/train.py end to end on synthetic data: a fast_dev_run, what the shared two-epoch run leaves (resolved config,
 one CSV column per exit, learned classes), the CLI (a paper overlay; bad input stops before training). Slow: a
 short real Fashion-MNIST run beats chance at every exit (needs `make data`)."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""report.py: a finished run saves its per-exit table (cumulative MACs, parameters and test top-1 of each exit and
+"""reporting/tables.py: a finished run saves its per-exit table (cumulative MACs, parameters and test top-1 of each exit and
 the ensemble) as exit_table.json; the tables reach the run's logger (see test_train's fast_dev_run test)."""
 from __future__ import annotations
 

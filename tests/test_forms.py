@@ -1,4 +1,4 @@
-"""inference/deploy.py: the deployment form (BatchNorm folded, patchify convs as GEMMs, channels-last) keeps
+"""runtime/forms.py: the deployment form (BatchNorm folded, patchify convs as GEMMs, channels-last) keeps
 every exit's output on SCAN networks (with and without ISC) and MSDNet, and the real early-exit predictor on it
 still equals computing every exit and then choosing."""
 from __future__ import annotations

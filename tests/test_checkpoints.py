@@ -1,4 +1,4 @@
-"""checkpoints.py and the checkpoints a run writes: plain data that restores with weights_only=True; foreign or
+"""training/checkpoints.py and the checkpoints a run writes: plain data that restores with weights_only=True; foreign or
 corrupt files refused by name; last.ckpt is the latest epoch whatever the monitored metric did."""
 from __future__ import annotations
 
