@@ -40,6 +40,7 @@ def describe(cfg: DictConfig) -> CostTable:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="describe")
 def main(cfg: DictConfig) -> None:
+    """The Hydra main of ``describe``."""
     run_entry_point(describe, cfg)
 
 

@@ -82,6 +82,7 @@ def report(loggers: list[Logger], cfg: DictConfig, rows: list[dict], result: Pos
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    """The Hydra main of ``evaluate``."""
     run_entry_point(evaluate, cfg, prefix="error")
 
 

@@ -135,6 +135,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="export")
 def main(cfg: DictConfig) -> None:
+    """The Hydra main of ``export``."""
     run_entry_point(export, cfg, prefix="error")
 
 

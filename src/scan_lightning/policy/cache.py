@@ -14,11 +14,13 @@ from scan_lightning.utils.modes import eval_mode
 
 @dataclass
 class ExitCache:
+    """Every exit's logits on a dataset (``(K, N, C)``) and its labels, computed once."""
     logits: torch.Tensor   # (K, N, C)
     labels: torch.Tensor   # (N,)
 
     @property
     def num_exits(self) -> int:
+        """Exits of the network the logits came from."""
         return self.logits.shape[0]
 
     def confidence(self, temperatures: Sequence[float] | None = None) -> torch.Tensor:

@@ -131,6 +131,7 @@ class CalibrationResult:
     n_bins: int = 15
 
     def to_dict(self) -> dict[str, Any]:
+        """The result as plain data."""
         return {"temperatures": self.temperatures, "ece_before": self.ece_before, "ece_after": self.ece_after,
                 "n_bins": self.n_bins}
 

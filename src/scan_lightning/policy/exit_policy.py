@@ -19,6 +19,7 @@ FALLBACKS = ("ensemble", "deepest")
 
 
 def check_fallback(fallback: str) -> str:
+    """``fallback`` itself when it is one of :data:`FALLBACKS`; one clear error otherwise."""
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback={fallback!r} is not allowed; choose one of {FALLBACKS}")
     return fallback
@@ -105,6 +106,7 @@ class ExitPolicy:
 
     @property
     def num_exits(self) -> int:
+        """Exits the policy has thresholds for."""
         return len(self.thresholds)
 
     def for_exits(self, num_exits: int, source: str = "the policy") -> ExitPolicy:
@@ -115,9 +117,11 @@ class ExitPolicy:
         return self
 
     def with_temperatures(self, temperatures: Sequence[float]) -> ExitPolicy:
+        """This policy with other per-exit temperatures."""
         return ExitPolicy(self.thresholds, tuple(temperatures), self.fallback)
 
     def with_thresholds(self, thresholds: Sequence[float]) -> ExitPolicy:
+        """This policy with other per-exit thresholds."""
         return ExitPolicy(tuple(thresholds), self.temperatures, self.fallback)
 
     def skipped_heads(self, chained: bool) -> list[bool]:
@@ -129,6 +133,7 @@ class ExitPolicy:
         return exit_confidence(logits, self.temperatures[exit_index])
 
     def to_dict(self) -> dict[str, Any]:
+        """The policy as plain data (the layout of ``thresholds.json``'s policy keys)."""
         return {"thresholds": list(self.thresholds), "temperatures": list(self.temperatures),
                 "fallback": self.fallback}
 

@@ -25,6 +25,7 @@ class DynamicResult:
     mean_ms: float | None = None  # with a latency table: predicted ms per image
 
     def to_dict(self) -> dict:
+        """JSON layout (``mean_ms`` only when measured)."""
         out = {"accuracy": self.accuracy, "mean_macs": self.mean_macs, "exit_fractions": self.exit_fractions}
         return out if self.mean_ms is None else {**out, "mean_ms": self.mean_ms}
 

@@ -21,6 +21,7 @@ def decode_genes(genes: torch.Tensor, low: float = 0.7) -> torch.Tensor:
 
 @dataclass
 class GAResult:
+    """The GA's best thresholds, their fitness, accuracy and mean cost, and the best fitness per generation."""
     thresholds: list[float]
     fitness: float
     accuracy: float

@@ -26,6 +26,7 @@ FIGURES = {"dynamic/accuracy_vs_macs": figure_accuracy_vs_macs, "dynamic/exit_hi
 
 
 def wandb_loggers(loggers: Iterable[Logger]) -> list[WandbLogger]:
+    """The W&B loggers among ``loggers``."""
     return [lg for lg in loggers if isinstance(lg, WandbLogger)]
 
 

@@ -113,6 +113,7 @@ def _displayable(image: torch.Tensor) -> Any:
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` to ``path`` (PNG, 120 dpi) and close it."""
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -120,6 +120,7 @@ class PatchMatmul(nn.Module):
         self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False) if conv.bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution's output, computed as one matrix product over the patches."""
         n, c, h, w = x.shape
         kh, kw = self.k
         ho, wo = h // kh, w // kw
@@ -141,6 +142,7 @@ class InPlaceAttention(nn.Module):
         self.mask = nn.Sequential(*list(attention.mask)[:-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``sigmoid(mask(x)) * x``, written over the mask's buffer where that is safe."""
         logits = self.mask(x)
         if logits.shape[-2:] != x.shape[-2:] or (torch.is_grad_enabled() and x.requires_grad):
             return torch.sigmoid(logits[..., : x.shape[-2], : x.shape[-1]]) * x
@@ -202,6 +204,7 @@ class DeployedNetwork(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """Where the parameters (and so the inputs) are."""
         return next(self.parameters()).device
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -209,6 +212,7 @@ class DeployedNetwork(nn.Module):
         return x.contiguous(memory_format=torch.channels_last) if self.options.channels_last and x.dim() == 4 else x
 
     def section(self, i: int, h: SectionOutput) -> SectionOutput:
+        """Section ``i`` on the previous section's output."""
         return self._section_fns[i](h)
 
     def exit(self, i: int, h: SectionOutput, previous: torch.Tensor | None) -> torch.Tensor:

@@ -41,12 +41,14 @@ class Stopwatch:
         self.device = torch.device(device)
 
     def sync(self) -> None:
+        """Wait for the accelerator's queued work (a no-op on the CPU)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elif self.device.type == "mps":
             torch.mps.synchronize()
 
     def ms(self, fn: Callable[[], object]) -> float:
+        """Milliseconds one call of ``fn`` takes, the accelerator synchronised on both sides."""
         self.sync()
         start = time.perf_counter()
         fn()
@@ -54,6 +56,7 @@ class Stopwatch:
         return 1e3 * (time.perf_counter() - start)
 
     def median_ms(self, fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+        """Median milliseconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
         for _ in range(warmup):
             fn()
         return statistics.median(self.ms(fn) for _ in range(repeats))
@@ -76,10 +79,12 @@ class SideTiming:
 
     @property
     def images_per_s(self) -> float:
+        """Throughput of the median pass."""
         return 1e3 / self.ms_per_image
 
     @classmethod
     def from_calls(cls, passes: list[list[float]], images: int) -> SideTiming:
+        """From the per-call milliseconds of every pass over ``images`` images."""
         per_image = [sum(p) / images for p in passes]
         q = statistics.quantiles(per_image, n=4) if len(per_image) > 1 else per_image * 3
         calls = [c for p in passes for c in p]
@@ -104,6 +109,7 @@ def interleaved_calls(fns: list[Callable[[torch.Tensor], object]], batches: list
 
 @dataclass
 class TimingResult:
+    """Both sides timed on the same images at one batch size, with the MAC speed-up of the early-exit side."""
     batch_size: int
     images: int
     device: str
@@ -113,6 +119,7 @@ class TimingResult:
 
     @property
     def wall_speedup(self) -> float:
+        """Plain network's ms per image / early exit's (> 1: early exit is faster)."""
         return self.full.ms_per_image / self.early_exit.ms_per_image
 
     @property
@@ -122,13 +129,16 @@ class TimingResult:
 
     @property
     def full_ms_per_image(self) -> float:
+        """The plain network's ms per image (median pass)."""
         return self.full.ms_per_image
 
     @property
     def early_exit_ms_per_image(self) -> float:
+        """The early-exit predictor's ms per image (median pass)."""
         return self.early_exit.ms_per_image
 
     def to_dict(self) -> dict:
+        """JSON layout, derived figures included."""
         return {"batch_size": self.batch_size, "images": self.images, "device": self.device,
                 "full": {**asdict(self.full), "images_per_s": self.full.images_per_s},
                 "early_exit": {**asdict(self.early_exit), "images_per_s": self.early_exit.images_per_s},

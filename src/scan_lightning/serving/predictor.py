@@ -46,10 +46,12 @@ class Predictions:
 
     @property
     def ms_per_image(self) -> float:
+        """Wall-clock milliseconds per image over all batches."""
         return sum(self.batch_ms) / max(1, self.labels.numel())
 
     @property
     def mean_macs(self) -> float:
+        """Mean MACs paid per image."""
         return self.macs.double().mean().item()
 
 
