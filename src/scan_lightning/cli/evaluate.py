@@ -38,9 +38,9 @@ log = get_logger(__name__)
 def evaluate(cfg: DictConfig) -> PostFitResult:
     """Load ``cfg.ckpt_path`` (weights_only), rebuild its data from the stored run config, report (to the console
     and to ``cfg.logger``'s loggers: ``logger=wandb``)."""
-    search = resolve_baseline(SearchSettings.from_config(OmegaConf.to_container(cfg.search, resolve=True)))
-    timing = TimingSettings.from_config(OmegaConf.to_container(cfg.timing, resolve=True))
-    policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
+    search = resolve_baseline(SearchSettings.from_config(to_plain(cfg.search)))
+    timing = TimingSettings.from_config(to_plain(cfg.timing))
+    policy_cfg = to_plain(cfg.policy)
     loggers = build_group(cfg.get("logger"))
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.is_file():

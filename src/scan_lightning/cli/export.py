@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from scan_lightning.cli.task import cli as run_cli
 from scan_lightning.cli.task import run_entry_point, task_wrapper
 from scan_lightning.data.base import input_shape
-from scan_lightning.utils.config import config_dir
+from scan_lightning.utils.config import config_dir, to_plain
 from scan_lightning.utils.logs import get_logger
 
 log = get_logger(__name__)
@@ -54,10 +54,11 @@ def check_export_config(cfg: DictConfig) -> None:
         if missing:
             raise ValueError(f"format=onnx needs {', '.join(missing)}: pip install 'scan_lightning[deploy]'")
     policy = cfg.get("policy") or {}
-    if policy.get("thresholds") is not None and policy.get("thresholds_path"):
+    path = policy.get("thresholds_path")
+    if policy.get("thresholds") is not None and path:
         raise ValueError("give either policy.thresholds or policy.thresholds_path, not both")
-    if policy.get("thresholds_path") and not Path(policy.thresholds_path).is_file():
-        raise FileNotFoundError(f"policy.thresholds_path={policy.thresholds_path} does not exist")
+    if path and not Path(path).is_file():
+        raise FileNotFoundError(f"policy.thresholds_path={path} does not exist")
 
 
 def _default_output(ckpt: Path, fmt: str) -> Path:
@@ -93,10 +94,9 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     """Load ``cfg.ckpt_path`` (weights_only), fold BatchNorm, write the artefact; returns what was written."""
     check_export_config(cfg)
     from scan_lightning.cost.macs import measure_costs
-    from scan_lightning.export import deploy
     from scan_lightning.export.formats import export_onnx, export_torchscript
     from scan_lightning.policy.exit_policy import model_identity, resolve_policy
-    from scan_lightning.runtime.forms import DeployOptions, fold_batchnorm
+    from scan_lightning.runtime.forms import DeployedNetwork, DeployOptions, fold_batchnorm
     from scan_lightning.training.module import load_module
 
     ckpt = Path(cfg.ckpt_path)
@@ -104,11 +104,11 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     net = module.net.eval()
     data = module.hparams.run_config["data"]
     shape = input_shape(data)
-    policy = resolve_policy(net.num_exits, ckpt, OmegaConf.to_container(cfg.policy, resolve=True),
+    policy = resolve_policy(net.num_exits, ckpt, to_plain(cfg.policy),
                             model=model_identity(net, shape))
     costs = measure_costs(net, shape)
     form = cfg.get("form", "deploy")
-    exported = (deploy(net, DeployOptions.default(compile=False, onnxruntime=False)) if form == "deploy"
+    exported = (DeployedNetwork(net, DeployOptions.default(compile=False, onnxruntime=False)) if form == "deploy"
                 else fold_batchnorm(net) if form == "fold_batchnorm" else net)
     fmt = cfg.format
     output = Path(cfg.output) if cfg.get("output") else _default_output(ckpt, fmt)

@@ -114,14 +114,14 @@ def pick_budget(result: PostFitResult, macs: float | None = None, ms: float | No
     or ms per image); one clear error when even the cheapest point does not fit."""
     if (macs is None) == (ms is None):
         raise ValueError("give exactly one budget: mean MACs or ms per image")
-    unit, budget = ("macs", macs) if macs is not None else ("ms", ms)
-    rows = [r for r in result.budgeted if r.val_cost(unit) is not None]
+    unit, budget = ("macs", float(macs)) if macs is not None else ("ms", float(ms or 0.0))
+    rows = [(cost, r) for r in result.budgeted if (cost := r.val_cost(unit)) is not None]
     if not rows:
         raise ValueError(f"the saved search holds no budgeted curve in {unit} (rerun the search"
                          f"{' with search.cost=latency' if ms is not None else ''})")
-    fitting = [r for r in rows if r.val_cost(unit) <= budget]
+    fitting = [(cost, r) for cost, r in rows if cost <= budget]
     if not fitting:
-        cheapest = min(r.val_cost(unit) for r in rows)
+        cheapest = min(cost for cost, _ in rows)
         raise ValueError(f"budget {budget:g} is below the cheapest budgeted point ({cheapest:g} {unit} per image)")
-    best = max(fitting, key=lambda r: (r.val_cost(unit), r.val_accuracy))
+    _, best = max(fitting, key=lambda pair: (pair[0], pair[1].val_accuracy))
     return ExitPolicy.create(best.thresholds, result.policy.temperatures, result.policy.fallback)

@@ -26,7 +26,8 @@ from scan_lightning.runtime.timing import first_images, measure_latency, measure
 from scan_lightning.utils.modes import eval_mode
 
 
-def run_post_fit(net: MultiExitNetwork, val_batches: Iterable, test_batches: Iterable, input_shape: tuple[int, ...],
+def run_post_fit(net: MultiExitNetwork, val_batches: Iterable, test_batches: Iterable,
+                 input_shape: tuple[int, int, int],
                  search: SearchSettings, timing: TimingSettings, policy: ExitPolicy | None = None,
                  device: torch.device | str = "cpu", progress: bool = False) -> PostFitResult:
     """Everything after training, for one network.
@@ -57,6 +58,7 @@ def run_post_fit(net: MultiExitNetwork, val_batches: Iterable, test_batches: Ite
         result = dataclasses.replace(result, model=model_identity(net, input_shape),
                                      deploy=timing.deploy if deployed is not None else None)
         if timing.enabled:
+            assert deployed is not None and images is not None
             wall = measure_wall_clock(deployed, costs, result.policy, images, timing.batch_sizes, timing.repeats)
             result = dataclasses.replace(result, wall_clock=wall)
     return result

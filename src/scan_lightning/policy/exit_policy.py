@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 
@@ -179,6 +179,16 @@ def model_identity(net: Any, input_shape: Sequence[int]) -> dict[str, Any]:
 
 
 POLICY_KEYS = ("thresholds", "temperatures", "fallback", "thresholds_path")
+
+
+@overload
+def resolve_policy(num_exits: int, ckpt: str | Path, spec: Mapping[str, Any] | None = None,
+                   required: Literal[True] = True, model: Mapping[str, Any] | None = None) -> ExitPolicy: ...
+
+
+@overload
+def resolve_policy(num_exits: int, ckpt: str | Path, spec: Mapping[str, Any] | None, required: bool,
+                   model: Mapping[str, Any] | None = None) -> ExitPolicy | None: ...
 
 
 def resolve_policy(num_exits: int, ckpt: str | Path, spec: Mapping[str, Any] | None = None, required: bool = True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -42,6 +42,9 @@ def evaluate_thresholds(cache: ExitCache, policy: ExitPolicy, exit_macs: torch.T
     return DynamicResult(correct.float().mean().item(), exit_macs[chosen].double().mean().item(), fractions.tolist(), ms)
 
 
+S = TypeVar("S", bound="Score")
+
+
 @dataclass(frozen=True)
 class Score:
     """A policy on one split: accuracy, mean honest MACs, exit mix (K exits, then the fallback), speed-ups over the
@@ -64,7 +67,7 @@ class Score:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Score:
+    def from_dict(cls: type[S], data: Mapping[str, Any]) -> S:
         """From the JSON layout (keys of other fields beside it are ignored)."""
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
@@ -90,9 +93,11 @@ class Scorer:
     def cost_model(self, cost: str, fallback: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], float]:
         """In ``cost`` units (``macs`` or ``latency``): the exit costs of each threshold vector ((P, K) ->
         (P, K + 1), skipped exit branches not charged) and the plain network's cost."""
-        if cost == "latency" and self.latency is None:
-            raise ValueError("search.cost=latency needs a latency table (measured in the deployment form)")
-        table = self.latency.exit_times if cost == "latency" else self.costs.exit_macs
-        reference = self.latency.plain_ms if cost == "latency" else float(self.costs.plain_macs)
+        table: Callable[[torch.Tensor], torch.Tensor] = self.costs.exit_macs
+        reference = float(self.costs.plain_macs)
+        if cost == "latency":
+            if self.latency is None:
+                raise ValueError("search.cost=latency needs a latency table (measured in the deployment form)")
+            table, reference = self.latency.exit_times, self.latency.plain_ms
         chained = self.costs.chained
         return (lambda thresholds: table(skipped_heads(thresholds.double(), fallback, chained))), reference

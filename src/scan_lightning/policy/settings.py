@@ -57,7 +57,7 @@ class GASettings:
     @property
     def baseline_run(self) -> str | None:
         """The baseline run directory whose selected validation accuracy is the baseline, if one is named."""
-        return self.baseline if is_run_dir(self.baseline) else None
+        return self.baseline if isinstance(self.baseline, str) and is_run_dir(self.baseline) else None
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain data (saved with the search result)."""
@@ -99,7 +99,7 @@ class SearchSettings:
             raise ValueError(f"search.budget_steps={self.budget_steps} must be >= 1")
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | None = None) -> SearchSettings:
+    def from_config(cls, cfg: Mapping[str, Any] | SearchSettings | None = None) -> SearchSettings:
         """From a ``search`` node (a plain mapping); what it leaves out comes from ``conf/search/default.yaml``."""
         if isinstance(cfg, SearchSettings):
             return cfg

@@ -59,7 +59,7 @@ def log_post_fit(loggers: Iterable[Logger], result: PostFitResult, title: str = 
     import wandb
 
     figures = {key: make(result, title) for key, make in FIGURES.items()}
-    columns = ["budget_p", "mean_macs_M", "test_accuracy", "val_accuracy", "speedup_plain"]
+    columns: list[str | int] = ["budget_p", "mean_macs_M", "test_accuracy", "val_accuracy", "speedup_plain"]
     rows = [[r.p, r.test.mean_macs / 1e6, r.test.accuracy, r.val_accuracy, r.test.speedup_plain]
             for r in result.budgeted]
     for lg in runs:
@@ -67,7 +67,7 @@ def log_post_fit(loggers: Iterable[Logger], result: PostFitResult, title: str = 
             lg.log_image(key, [fig], step=step)
         curve = wandb.plot.line(wandb.Table(columns=columns, data=rows), "mean_macs_M", "test_accuracy",
                                 title=f"Budgeted batch classification: test top-1 vs mean MACs (M) {title}".strip())
-        lg.log_metrics({BUDGETED: curve}, step=step)
+        lg.log_metrics({BUDGETED: curve}, step=step)  # type: ignore[dict-item]  # W&B logs charts as metrics
         lg.experiment.summary.update(policy_summary(result.policy))
     for fig in figures.values():
         plt.close(fig)

@@ -25,7 +25,7 @@ class Backend(Protocol):
         """Where its inputs must be."""
         ...
 
-    def prepare(self, x: torch.Tensor) -> SectionOutput:
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """The input in this form's layout."""
         ...
 
@@ -45,7 +45,9 @@ class Backend(Protocol):
 @torch.inference_mode()
 def run_all_exits(net: Backend, x: torch.Tensor) -> list[torch.Tensor]:
     """Every exit's logits for every sample (what the network computes without early exit)."""
-    h, logits, out = net.prepare(x), None, []
+    h: SectionOutput = net.prepare(x)
+    logits: torch.Tensor | None = None
+    out: list[torch.Tensor] = []
     for i in range(net.num_exits):
         h = net.section(i, h)
         logits = net.exit(i, h, logits)
@@ -58,7 +60,7 @@ def run_plain(net: Backend, x: torch.Tensor) -> torch.Tensor:
     """The plain network: every section, then the deep head alone (:func:`plain_runs_every_exit`: every exit)."""
     if plain_runs_every_exit(net.isc):
         return run_all_exits(net, x)[-1]
-    h = net.prepare(x)
+    h: SectionOutput = net.prepare(x)
     for i in range(net.num_exits):
         h = net.section(i, h)
     return net.deep(h)

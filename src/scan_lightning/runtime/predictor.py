@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from scan_lightning.cost.macs import CostTable
-from scan_lightning.models.multi_exit import MultiExitNetwork, take_samples
+from scan_lightning.models.multi_exit import MultiExitNetwork, SectionOutput, take_samples
 from scan_lightning.policy.exit_policy import ExitPolicy, exit_confidence
 from scan_lightning.runtime.backend import Backend, run_plain
 from scan_lightning.runtime.forms import as_deployed
@@ -50,8 +50,9 @@ class EarlyExitPredictor:
         confidence = torch.empty(n, device=device)
         exit_index = torch.full((n,), k, dtype=torch.long, device=device)
         alive = torch.arange(n, device=device)         # original indices of undecided samples
-        logit_sum = None                               # running sum of their logits (for the ensemble)
-        h, logits = net.prepare(x), None
+        logit_sum: torch.Tensor | None = None          # running sum of their logits (for the ensemble)
+        h: SectionOutput = net.prepare(x)
+        logits: torch.Tensor | None = None
         for i in range(k):
             h = net.section(i, h)
             if self.skipped[i]:
@@ -73,6 +74,7 @@ class EarlyExitPredictor:
                     break
                 alive, h, logit_sum, logits = alive[keep], take_samples(h, keep), logit_sum[keep], logits[keep]
         else:
+            assert logit_sum is not None and logits is not None      # the deepest exit always runs
             conf, pred = exit_confidence(logit_sum / k if policy.fallback == "ensemble" else logits)
             prediction[alive], confidence[alive] = pred, conf
         return EarlyExitResult(prediction, exit_index, self.exit_macs.to(device)[exit_index], confidence)

@@ -30,7 +30,7 @@ class TimingSettings:
                 raise ValueError(f"timing.{key}={getattr(self, key)} must be >= 1")
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | None = None) -> TimingSettings:
+    def from_config(cls, cfg: Mapping[str, Any] | TimingSettings | None = None) -> TimingSettings:
         """From a ``timing`` node (a plain mapping); what it leaves out comes from ``conf/timing/default.yaml``."""
         if isinstance(cfg, TimingSettings):
             return cfg

@@ -18,7 +18,7 @@ import torch
 
 from scan_lightning.cost.latency import LatencyTable
 from scan_lightning.cost.macs import CostTable
-from scan_lightning.models.multi_exit import plain_runs_every_exit
+from scan_lightning.models.multi_exit import SectionOutput, plain_runs_every_exit
 from scan_lightning.policy.exit_policy import ExitPolicy
 from scan_lightning.runtime.backend import Backend, run_plain
 from scan_lightning.runtime.predictor import EarlyExitPredictor
@@ -103,7 +103,7 @@ def interleaved_calls(fns: list[Callable[[torch.Tensor], object]], batches: list
     for r in range(repeats):
         order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
         for j in order:
-            out[j].append([watch.ms(lambda x=x, f=fns[j]: f(x)) for x in batches])
+            out[j].append([watch.ms(functools.partial(fns[j], x)) for x in batches])
     return out
 
 
@@ -193,17 +193,20 @@ def measure_latency(net: Backend, images: torch.Tensor, batch_size: int = 1, rep
     """Time each section and each exit of ``net`` on ``batch_size`` of ``images`` (median of ``repeats``)."""
     x = net.prepare(images[:batch_size])
     watch = Stopwatch(x.device)
-    hs, h = [], x
+    hs: list[SectionOutput] = []
+    h: SectionOutput = x
     for i in range(net.num_exits):      # the input each section sees
         hs.append(h)
         h = net.section(i, h)
-    sections, exits, previous = [], [], None
+    sections: list[float] = []
+    exits: list[float] = []
+    previous: torch.Tensor | None = None
     for i in range(net.num_exits):
         h_in = hs[i]
         out = net.section(i, h_in)
-        sections.append(watch.median_ms(lambda i=i, h=h_in: net.section(i, h), repeats) / batch_size)
-        exits.append(watch.median_ms(lambda i=i, h=out, p=previous: net.exit(i, h, p), repeats) / batch_size)
+        sections.append(watch.median_ms(functools.partial(net.section, i, h_in), repeats) / batch_size)
+        exits.append(watch.median_ms(functools.partial(net.exit, i, out, previous), repeats) / batch_size)
         previous = net.exit(i, out, previous)
     every_exit = plain_runs_every_exit(net.isc)        # no deep head stands alone: the plain network is every exit
-    deep = 0.0 if every_exit else watch.median_ms(lambda: net.deep(out), repeats) / batch_size
+    deep = 0.0 if every_exit else watch.median_ms(functools.partial(net.deep, out), repeats) / batch_size
     return LatencyTable(batch_size, str(x.device), sections, exits, deep, every_exit)

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -148,12 +149,12 @@ class Predictor:
             progress = True if progress is None else progress
         if progress:
             batches = track(batches, description="predicting", total=_length(data, batch_size), transient=True)
-        watch, results, batch_ms = Stopwatch(self.device), [], []
+        watch = Stopwatch(self.device)
+        results: list[EarlyExitResult] = []
+        batch_ms: list[float] = []
         for x in batches:
             x = self._check(x)
-            out: list[EarlyExitResult] = []
-            batch_ms.append(watch.ms(lambda x=x, out=out: out.append(self.runner(x))))
-            results.append(out[0])
+            batch_ms.append(watch.ms(functools.partial(lambda x: results.append(self.runner(x)), x)))
         cat = lambda name: torch.cat([getattr(r, name).reshape(-1).cpu() for r in results])  # noqa: E731
         return Predictions(cat("prediction"), cat("confidence"), cat("exit_index"), cat("macs"), batch_ms,
                            self.class_names)

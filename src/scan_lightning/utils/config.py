@@ -104,9 +104,12 @@ def build(cfg: DictConfig | dict, key: str | None = None, **kwargs: Any) -> Any:
     return instantiate(cfg, **kwargs)
 
 
-def to_plain(cfg: DictConfig) -> dict:
-    """Resolved plain-data copy of a config (safe to pickle into checkpoints with weights_only=True)."""
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+def to_plain(cfg: DictConfig) -> dict[str, Any]:
+    """Resolved plain-data copy of a config node (safe to pickle into checkpoints with weights_only=True)."""
+    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    if not isinstance(plain, dict):
+        raise ValueError(f"expected a config mapping, got {type(plain).__name__}")
+    return {str(k): v for k, v in plain.items()}
 
 
 register_resolvers()

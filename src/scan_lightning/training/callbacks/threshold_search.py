@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -17,13 +18,14 @@ from scan_lightning.reporting.plots import run_title, save_post_fit_figures
 from scan_lightning.reporting.tables import render_dynamic_summary
 from scan_lightning.runtime.settings import TimingSettings
 from scan_lightning.training.checkpoints import network_state, resolve_baseline, selected_checkpoint
+from scan_lightning.training.module import MultiExitModule
 from scan_lightning.utils.logs import get_logger
 
 log = get_logger(__name__)
 RESULT = "thresholds.json"
 
 
-def best_network(trainer: pl.Trainer, pl_module: pl.LightningModule) -> MultiExitNetwork:
+def best_network(trainer: pl.Trainer, pl_module: MultiExitModule) -> MultiExitNetwork:
     """The network with the selected (best) checkpoint's weights; the current ones under fast_dev_run."""
     best = selected_checkpoint(trainer)
     if not best:
@@ -51,8 +53,8 @@ class ThresholdSearch(pl.Callback):
     and test sets on rank 0 alone, so every number counts every sample once.
     """
 
-    def __init__(self, search: dict[str, Any] | SearchSettings, input_shape: list[int],
-                 timing: dict[str, Any] | TimingSettings | None = None) -> None:
+    def __init__(self, search: Mapping[str, Any] | SearchSettings, input_shape: list[int],
+                 timing: Mapping[str, Any] | TimingSettings | None = None) -> None:
         super().__init__()
         self.search = resolve_baseline(SearchSettings.from_config(search))
         self.timing = TimingSettings.from_config(timing if timing is not None else {"enabled": False})
@@ -69,8 +71,8 @@ class ThresholdSearch(pl.Callback):
         val, test = ((dm.eval_dataloader("val"), dm.eval_dataloader("test")) if hasattr(dm, "eval_dataloader")
                      else (dm.val_dataloader(), dm.test_dataloader()))
         title = run_title(pl_module.hparams.get("run_config"))
-        self.result = run_post_fit(best_network(trainer, pl_module), val, test, self.input_shape, self.search,
-                                   self.timing, device=pl_module.device)
+        net = best_network(trainer, cast(MultiExitModule, pl_module))
+        self.result = run_post_fit(net, val, test, self.input_shape, self.search, self.timing, device=pl_module.device)
         self.result.save(path)
         save_post_fit_figures(self.result, path.parent, title)
         log.info(render_dynamic_summary(self.result))
