@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    from hydra.conf import HydraConf
 
 
 class ConfigError(ValueError):
@@ -53,7 +56,7 @@ def _run_id(output_dir: str) -> str:
     return hashlib.sha1(str(Path(output_dir).resolve()).encode()).hexdigest()[:16]
 
 
-def _multirun_job() -> DictConfig | None:
+def _multirun_job() -> HydraConf | None:
     """The Hydra config of the multirun job this process runs (``-m``; a sweep); ``None`` for a single run or
     outside Hydra (tests, Python calls)."""
     from hydra.core.hydra_config import HydraConfig
@@ -103,7 +106,8 @@ def build(cfg: DictConfig | dict, key: str | None = None, **kwargs: Any) -> Any:
 
 def to_plain(cfg: DictConfig) -> dict:
     """Resolved plain-data copy of a config (safe to pickle into checkpoints with weights_only=True)."""
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    # a DictConfig converts to a dict (to_container's declared result also covers lists and strings)
+    return cast(dict, OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
 
 
 register_resolvers()

@@ -31,7 +31,8 @@ def render(*renderables: Any, width: int = 120) -> str:
     """Rich tables and markup as plain text, for a log record."""
     from rich.console import Console
 
-    console = Console(file=io.StringIO(), width=width, force_terminal=False, color_system=None)
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, force_terminal=False, color_system=None)
     for r in renderables:
         console.print(r)
-    return console.file.getvalue().rstrip("\n")
+    return buffer.getvalue().rstrip("\n")
