@@ -15,7 +15,9 @@ from scan_lightning.models.registry import register_backbone
 
 def _blocks(spec: list, in_channels: int, width: float) -> list[tuple[nn.Sequential, int]]:
     """Split a torchvision VGG spec into conv-BN-ReLU blocks, each ending with its max-pool."""
-    blocks, layers, channels = [], [], in_channels
+    blocks: list[tuple[nn.Sequential, int]] = []
+    layers: list[nn.Module] = []
+    channels = in_channels
     for v in spec:
         if v == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
