@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -93,7 +94,7 @@ class CostTable:
         }
 
 
-def _elementwise_ops(module: nn.Module, inputs: tuple, output: object) -> int:
+def _elementwise_ops(module: nn.Module, inputs: tuple, output: Any) -> int:
     """Per-sample ops the MSDNet/IMTA public op counter adds to conv/linear MACs: ReLU outputs, pooling
     window reads, Linear biases. Other modules: 0."""
     if isinstance(module, nn.ReLU):
@@ -108,7 +109,7 @@ def _elementwise_ops(module: nn.Module, inputs: tuple, output: object) -> int:
     return 0
 
 
-def count_macs(fn, *inputs, elementwise: bool = False) -> tuple[int, object]:
+def count_macs(fn, *inputs, elementwise: bool = False) -> tuple[int, Any]:
     """MACs of one call of ``fn`` (a module or function; FLOPs / 2) and its output.
 
     ``elementwise=True`` also counts ReLU, pooling and Linear-bias ops per sample, the convention of the
@@ -116,7 +117,7 @@ def count_macs(fn, *inputs, elementwise: bool = False) -> tuple[int, object]:
     """
     extra = [0]
 
-    def hook(module: nn.Module, args: tuple, output: object) -> None:
+    def hook(module: nn.Module, args: tuple, output: Any) -> None:
         extra[0] += _elementwise_ops(module, args, output)
 
     handle = register_module_forward_hook(hook) if elementwise else None

@@ -10,8 +10,8 @@ transforms, so model selection and threshold search never see augmented images, 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sized
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -97,11 +97,18 @@ class SplitDataModule(pl.LightningDataModule):
         if self.train_set is None:
             train_aug = self.make_dataset(train=True, transform=self.train_transform())
             train_eval = self.make_dataset(train=True, transform=self.eval_transform())
-            train_idx, val_idx = self.split_indices(len(train_aug))
+            train_idx, val_idx = self.split_indices(len(cast(Sized, train_aug)))   # map-style: it has a length
             self.train_set = Subset(train_aug, train_idx.tolist())
             self.val_set = Subset(train_eval, val_idx.tolist())
         if self.test_set is None and stage in (None, "test", "predict"):
             self.test_set = self.make_dataset(train=False, transform=self.eval_transform())
+
+    @staticmethod
+    def _ready(dataset: Dataset | None, split: str) -> Dataset:
+        """``dataset`` once :meth:`setup` has made it."""
+        if dataset is None:
+            raise RuntimeError(f"the {split} set is made by setup(); call it before asking for its loader")
+        return dataset
 
     def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
@@ -118,11 +125,12 @@ class SplitDataModule(pl.LightningDataModule):
                                             shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
-        self._train_sampler = ResumableRandomSampler(self.train_set)
+        train_set = self._ready(self.train_set, "training")
+        self._train_sampler = ResumableRandomSampler(train_set)
         if self._resume_order:
             self._train_sampler.resume(self._resume_order)
             self._resume_order = {}
-        return self._loader(self.train_set, False, self.batch_size, self._train_sampler)
+        return self._loader(train_set, False, self.batch_size, self._train_sampler)
 
     def state_dict(self) -> dict:
         """Saved with every checkpoint: where a checkpoint written mid-epoch is in the shuffled order."""
@@ -135,15 +143,18 @@ class SplitDataModule(pl.LightningDataModule):
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, False, self.eval_batch_size, self._eval_sampler(self.val_set))
+        val_set = self._ready(self.val_set, "validation")
+        return self._loader(val_set, False, self.eval_batch_size, self._eval_sampler(val_set))
 
     def test_dataloader(self) -> DataLoader:
         self.setup("test")
-        return self._loader(self.test_set, False, self.eval_batch_size, self._eval_sampler(self.test_set))
+        test_set = self._ready(self.test_set, "test")
+        return self._loader(test_set, False, self.eval_batch_size, self._eval_sampler(test_set))
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """The whole ``"val"`` or ``"test"`` set in one process (the post-fit pass and ``evaluate``)."""
         if split not in ("val", "test"):
             raise ValueError(f"split={split!r} is not an evaluation split; choose 'val' or 'test'")
         self.setup("test")
-        return self._loader(self.val_set if split == "val" else self.test_set, False, self.eval_batch_size)
+        dataset = self._ready(self.val_set if split == "val" else self.test_set, split)
+        return self._loader(dataset, False, self.eval_batch_size)

@@ -148,7 +148,7 @@ class FolderDataModule(SplitDataModule):
     # --- transforms ----------------------------------------------------------------------------
     def normalization(self) -> tuple[list[float], list[float]]:
         """``(mean, std)``: as given, else computed once from a seeded sample of the training split."""
-        if self.mean is None:
+        if self.mean is None or self.std is None:   # given both or neither (__init__)
             train = self.train_positions()
             picked = sample_indices(train, self.stats_samples, self.seed)
             images = self.pool().with_transform(compose(eval_geometry(self.augment, self.image_size), self.in_channels))

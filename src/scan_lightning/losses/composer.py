@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -26,7 +27,7 @@ class LossComposer(nn.Module):
         """One clear error, naming the term, if a term does not fit the network's exits."""
         for name, term in self.terms.items():
             try:
-                term.check(num_exits, feature_widths)
+                cast(LossTerm, term).check(num_exits, feature_widths)   # __init__ admits LossTerms only
             except ValueError as err:
                 raise ValueError(f"loss term {name!r}: {err}") from None
 
