@@ -24,8 +24,11 @@ class OrtNetwork:
     """``net``'s sections and exits as ONNX graphs on onnxruntime's CPU provider (threads: torch's)."""
 
     def __init__(self, net: DeployedNetwork, costs: CostTable, directory: str | Path | None = None) -> None:
-        self._tmp = tempfile.TemporaryDirectory(prefix="scan_ort_") if directory is None else None
-        folder = Path(directory if directory is not None else self._tmp.name)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if directory is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="scan_ort_")
+            directory = self._tmp.name
+        folder = Path(directory)
         export_onnx(net, ExitPolicy.create([1.0] * net.num_exits), costs, folder, exporter="legacy")
         runner = OnnxEarlyExit(folder, threads=torch.get_num_threads(), spinning=False)
         self._sections, self._exits = runner.sections, runner.exits
@@ -47,6 +50,8 @@ class OrtNetwork:
         coarsest = h[-1] if isinstance(h, (list, tuple)) else h
         feed = {names[0]: coarsest.contiguous().numpy()}
         if uses_previous:
+            if previous is None:
+                raise ValueError(f"exit {i} needs the previous exit's logits (ISC)")
             feed[names[1]] = previous.contiguous().numpy()
         return torch.from_numpy(session.run(None, feed)[0])
 
