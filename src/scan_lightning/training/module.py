@@ -1,8 +1,9 @@
 """LightningModule glue: build network and loss from plain config, step, log per-exit metrics."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -120,7 +121,7 @@ class MultiExitModule(pl.LightningModule):
         if self.trainable_names is not None:
             total = sum(1 for _ in self.net.parameters())
             log.info(f"trainable: {len(self.trainable_names)} of {total} parameter tensors "
-                     f"({self.hparams.trainable}); {len(self._frozen_norms)} BatchNorm layers frozen")
+                     f"({self.hparams['trainable']}); {len(self._frozen_norms)} BatchNorm layers frozen")
 
     def _shared_step(self, batch: Any, stage: str) -> torch.Tensor:
         x, y = batch
@@ -139,7 +140,8 @@ class MultiExitModule(pl.LightningModule):
                  batch_size=len(y))
         for name, value in terms.items():
             self.log(f"{stage}/loss/{name}", value, on_step=on_step, on_epoch=True, sync_dist=True, batch_size=len(y))
-        for metric, logits, name in zip(self.accuracy[f"{stage}_acc"], [*outputs.logits, outputs.ensemble], self.metric_names):
+        accuracies = cast(Iterable[MulticlassAccuracy], self.accuracy[f"{stage}_acc"])   # the ModuleList of __init__
+        for metric, logits, name in zip(accuracies, [*outputs.logits, outputs.ensemble], self.metric_names):
             metric(logits.detach(), y)
             self.log(f"{stage}/acc/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "ensemble")
         return total
@@ -164,7 +166,7 @@ class MultiExitModule(pl.LightningModule):
         self._shared_step(batch, "test")
 
     def configure_optimizers(self) -> Any:
-        optim = self.hparams.optim
+        optim = self.hparams["optim"]
         trainable = [p for p in self.net.parameters() if p.requires_grad]
         optimizer = build(optim["optimizer"], key="optim.optimizer")(trainable)
         if not optim.get("scheduler"):

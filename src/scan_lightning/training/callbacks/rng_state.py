@@ -12,7 +12,10 @@ import torch
 def rng_states() -> dict[str, Any]:
     """The global generators of Python, NumPy and torch (CPU and every GPU) as plain data (loads with
     ``weights_only=True``: NumPy's key array is kept as a tensor)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = np.random.get_state()
+    if not isinstance(state, tuple):   # the legacy tuple, as long as the global generator is numpy's MT19937
+        raise TypeError(f"numpy's global generator state is a {type(state).__name__}, not MT19937's tuple")
+    kind, keys, pos, has_gauss, gauss = state
     return {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss],
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
