@@ -32,7 +32,7 @@ from scan_lightning.runtime.forms import fold_batchnorm
 from tests.helpers.compose import compose_cfg, compose_export
 from tests.helpers.networks import small_msdnet
 
-ONNX_RUNNER = Path(__file__).resolve().parents[1] / "src" / "scan_lightning" / "inference" / "onnx_runner.py"
+ONNX_RUNNER = Path(__file__).resolve().parents[1] / "src" / "scan_lightning" / "export" / "onnx_runner.py"
 BATCH = 64
 
 
