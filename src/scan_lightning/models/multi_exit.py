@@ -181,7 +181,8 @@ class MultiExitNetwork(nn.Module):
             raise IndexError(f"exit {i} does not exist; this network has exits 0..{self.num_exits - 1}")
         attention = self.attentions[i] if i < len(self.attentions) else None
         transfer = self.isc_transfers[i - 1] if self.isc == "linear" and i > 0 else None
-        return ExitBranch(cast(ExitHead, self.heads[i]), attention, transfer, self.isc if i > 0 else None, self.isc_detach)
+        head = cast(ExitHead, self.heads[i])   # __init__ made them ExitHeads
+        return ExitBranch(head, attention, transfer, self.isc if i > 0 else None, self.isc_detach)
 
     def forward_exit(self, i: int, h: SectionOutput, previous: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
