@@ -33,8 +33,9 @@ class LossComposer(nn.Module):
 
     def forward(self, outputs: ExitOutputs, target: torch.Tensor, teacher: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``teacher``: a frozen network's deepest logits for the batch (IMTA phase II), passed to every term
-        beside the student's outputs, as torchdistill passes student and teacher outputs."""
+        """The weighted total and every term's unweighted value. ``teacher``: a frozen network's deepest logits for
+        the batch (IMTA phase II), passed to every term beside the student's outputs, as torchdistill passes student
+        and teacher outputs."""
         values = {name: term(outputs, target, teacher) for name, term in self.terms.items()}
         total = sum(self.terms[name].weight * v for name, v in values.items())
         return total, values

@@ -58,6 +58,8 @@ class ExitBranch(nn.Module):
         self.isc, self.isc_detach = isc, isc_detach
 
     def forward(self, h: SectionOutput, previous: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """This exit's ``(logits, feature)`` for section output ``h`` (the coarsest map of a list); ``previous`` is
+        needed with ISC only."""
         x = exit_input(h)
         if self.attention is not None:
             x = self.attention(x)
@@ -162,6 +164,7 @@ class MultiExitNetwork(nn.Module):
 
     @property
     def num_exits(self) -> int:
+        """Number of exits, the deepest included: one per (regrouped) section."""
         return len(self.heads)
 
     @property
@@ -171,6 +174,7 @@ class MultiExitNetwork(nn.Module):
 
     @property
     def sections(self) -> nn.ModuleList:
+        """The backbone's sections in forward order."""
         return self.backbone.sections
 
     def exit_branch(self, i: int) -> ExitBranch:
@@ -193,6 +197,8 @@ class MultiExitNetwork(nn.Module):
         return self.exit_branch(i)(h, previous)
 
     def forward(self, x: torch.Tensor) -> ExitOutputs:
+        """Every exit's logits and pooled features for ``x`` (no early exit); with gradient equilibrium (IMTA, Li et
+        al., ICCV 2019) the backward pass is rescaled, the forward unchanged."""
         logits: list[torch.Tensor] = []
         features: list[torch.Tensor] = []
         for i, section in enumerate(self.backbone.sections):
