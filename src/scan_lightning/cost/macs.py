@@ -48,6 +48,8 @@ class ExitCost:
 
 @dataclass(frozen=True)
 class CostTable:
+    """Per-exit MACs and parameter counts of a network for one input shape (C, H, W), as :func:`measure_costs` counts
+    them; ``chained``: ISC, so every exit branch runs."""
     exits: list[ExitCost]
     input_shape: tuple[int, ...]
     chained: bool = False   # ISC: each exit reads the previous exit's logits, so every exit branch runs
@@ -70,6 +72,7 @@ class CostTable:
 
     @property
     def backbone_macs(self) -> int:
+        """MACs of all sections alone: no attention modules, no heads."""
         return sum(e.section_macs for e in self.exits)
 
     @property
@@ -83,6 +86,7 @@ class CostTable:
         return self.backbone_macs + sum(e.head_macs for e in self.exits)
 
     def to_dict(self) -> dict:
+        """Plain data for JSON: input shape, ``chained``, the per-exit rows and the aggregate MAC counts."""
         return {
             "input_shape": list(self.input_shape),
             "chained": self.chained,
@@ -131,6 +135,7 @@ def count_macs(fn, *inputs, elementwise: bool = False) -> tuple[int, Any]:
 
 
 def count_params(module: nn.Module) -> int:
+    """Number of parameter elements in ``module``, trainable or frozen."""
     return sum(p.numel() for p in module.parameters())
 
 

@@ -69,12 +69,15 @@ class SplitDataModule(pl.LightningDataModule):
 
     # --- what a dataset provides ---------------------------------------------------------------
     def make_dataset(self, train: bool, transform: Transform) -> Dataset:
+        """The training (``train=True``) or test images with ``transform`` applied; subclasses implement it."""
         raise NotImplementedError
 
     def train_transform(self) -> Transform:
+        """The transform of the training images, augmentation included; subclasses implement it."""
         raise NotImplementedError
 
     def eval_transform(self) -> Transform:
+        """The deterministic transform of validation and test images; subclasses implement it."""
         raise NotImplementedError
 
     def config_from_data(self) -> dict:
@@ -94,6 +97,8 @@ class SplitDataModule(pl.LightningDataModule):
         return train, val
 
     def setup(self, stage: str | None = None) -> None:
+        """Build the seeded train/val split once (the validation subset from a copy with the eval transforms) and, for
+        ``test``, ``predict`` or ``stage=None``, the test set."""
         if self.train_set is None:
             train_aug = self.make_dataset(train=True, transform=self.train_transform())
             train_eval = self.make_dataset(train=True, transform=self.eval_transform())
@@ -125,6 +130,8 @@ class SplitDataModule(pl.LightningDataModule):
                                             shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
+        """The shuffled training loader; its resumable sampler continues a mid-epoch checkpoint's order when one was
+        loaded."""
         train_set = self._ready(self.train_set, "training")
         self._train_sampler = ResumableRandomSampler(train_set)
         if self._resume_order:
@@ -138,15 +145,18 @@ class SplitDataModule(pl.LightningDataModule):
         return {"train_order": train_order_state(trainer, self._train_sampler, self.batch_size) if trainer else {}}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Keep a checkpoint's position in the training order for the next :meth:`train_dataloader`."""
         self._resume_order = dict(state_dict.get("train_order") or {})
         if self._resume_order:   # Lightning looks for the position on the loader, not here: its warning is wrong
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
 
     def val_dataloader(self) -> DataLoader:
+        """The validation loader, unshuffled; under DDP this process's share of it, without padding."""
         val_set = self._ready(self.val_set, "validation")
         return self._loader(val_set, False, self.eval_batch_size, self._eval_sampler(val_set))
 
     def test_dataloader(self) -> DataLoader:
+        """The test loader (the test set set up first), unshuffled; under DDP this process's share, without padding."""
         self.setup("test")
         test_set = self._ready(self.test_set, "test")
         return self._loader(test_set, False, self.eval_batch_size, self._eval_sampler(test_set))
