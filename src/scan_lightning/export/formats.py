@@ -76,6 +76,8 @@ class SectionStep(nn.Module):
         self.takes_list = takes_list
 
     def forward(self, h: list[Tensor]) -> list[Tensor]:
+        """Run the section on the maps (or on the single tensor, for a section that takes one) and return its output as
+        a list."""
         out = self.section(list(h) if self.takes_list else h[0])
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
@@ -90,6 +92,7 @@ class ExitStep(nn.Module):
         self.uses_previous = uses_previous
 
     def forward(self, h: list[Tensor], previous: Tensor) -> Tensor:
+        """The exit's logits from the last map of ``h``; ``previous`` reaches the exit only when it has an ISC input."""
         return self.branch(h[-1], previous if self.uses_previous else None)[0]
 
 
@@ -189,6 +192,8 @@ class ScriptedEarlyExit(nn.Module):
         self.register_buffer("exit_macs", torch.tensor(list(exit_macs), dtype=torch.float64))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Early-exit inference on a batch ``x`` of ``input_shape``: ``(prediction, exit_index, macs, confidence)`` per
+        sample, as the class describes; ValueError for another shape."""
         if x.dim() != len(self.input_shape) + 1 or list(x.shape[1:]) != self.input_shape:
             raise ValueError("input must be a batch of shape (N, " + str(self.input_shape)[1:-1]
                              + "), got " + str(list(x.shape)))

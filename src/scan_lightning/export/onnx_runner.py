@@ -21,6 +21,7 @@ FORMAT = "scan_lightning.onnx_early_exit"
 
 
 class OnnxEarlyExitResult(NamedTuple):
+    """What :class:`OnnxEarlyExit` returns per sample: class, exit taken (K = fallback), MACs paid and confidence."""
     prediction: np.ndarray   # (N,) int64 class per sample
     exit_index: np.ndarray   # (N,) int64 0..K-1, or K when no exit claimed the sample (fallback)
     macs: np.ndarray         # (N,) float64 MACs each sample paid

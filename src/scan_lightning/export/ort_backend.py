@@ -37,15 +37,19 @@ class OrtNetwork:
         self.device = torch.device("cpu")
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The input detached, as a contiguous float32 CPU tensor (what the ONNX sessions read)."""
         return x.detach().to("cpu", torch.float32).contiguous()
 
     def section(self, i: int, h: SectionOutput) -> list[torch.Tensor]:
+        """Section ``i``'s output maps for its input (a tensor or the per-scale list), run by its ONNX session."""
         session, names, _ = self._sections[i]
         maps = h if isinstance(h, (list, tuple)) else [h]
         outs = session.run(None, {n: t.contiguous().numpy() for n, t in zip(names, maps)})
         return [torch.from_numpy(o) for o in outs]
 
     def exit(self, i: int, h: SectionOutput, previous: torch.Tensor | None) -> torch.Tensor:
+        """Exit ``i``'s logits from section ``i``'s output; ``previous`` (exit ``i - 1``'s logits) is fed where the exit
+        has an ISC input."""
         session, names, uses_previous = self._exits[i]
         coarsest = h[-1] if isinstance(h, (list, tuple)) else h
         feed = {names[0]: coarsest.contiguous().numpy()}
@@ -77,6 +81,7 @@ class OrtNetwork:
 
     @torch.inference_mode()
     def all_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every exit's logits for every sample (no early exit)."""
         h: SectionOutput = self.prepare(x)
         logits, out = None, []
         for i in range(self.num_exits):

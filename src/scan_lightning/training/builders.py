@@ -210,5 +210,6 @@ def report_exits(module: MultiExitModule, cfg: DictConfig, metrics: dict[str, fl
 
 
 def save_resolved_config(cfg: DictConfig, out_dir: Path) -> None:
+    """Write ``cfg`` with every interpolation resolved to ``out_dir/config_resolved.yaml``, creating the folder."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -22,6 +22,7 @@ def load_plain(path: str | Path) -> object:
 
 
 def is_module_checkpoint(checkpoint: object) -> TypeGuard[dict]:
+    """Whether loaded data is a module checkpoint: a dict with ``state_dict`` and ``hyper_parameters``."""
     return isinstance(checkpoint, dict) and "state_dict" in checkpoint and "hyper_parameters" in checkpoint
 
 

@@ -42,6 +42,7 @@ class CSVLogger(LightningCSVLogger):
 
     @property
     def experiment(self) -> _ExperimentWriter:
+        """The writer of ``metrics.csv``, made on first use; it continues an existing file instead of deleting it."""
         if self._experiment is None:
             self._experiment = _ContinuingWriter(log_dir=self.log_dir)
         return self._experiment

@@ -86,6 +86,7 @@ def _sweep_tags(tags: Any) -> list[str]:
 
 
 def register_resolvers() -> None:
+    """Register the ``sl.*`` OmegaConf resolvers the configs use, skipping those already registered (run on import)."""
     if not OmegaConf.has_resolver("sl.one_minus"):
         OmegaConf.register_new_resolver("sl.one_minus", _one_minus)
     if not OmegaConf.has_resolver("sl.if"):

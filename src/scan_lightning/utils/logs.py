@@ -19,11 +19,13 @@ class RankZeroLogger(logging.LoggerAdapter):
     """A logger that speaks on the global rank-0 process only (every process under DDP imports the package)."""
 
     def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        """Log the record on the global rank-0 process; other processes drop it."""
         if getattr(rank_zero_only, "rank", 0) == 0:
             super().log(level, msg, *args, **kwargs)
 
 
 def get_logger(name: str) -> RankZeroLogger:
+    """A logger for ``name`` (a module's ``__name__``) that speaks on rank 0 only."""
     return RankZeroLogger(logging.getLogger(name), {})
 
 

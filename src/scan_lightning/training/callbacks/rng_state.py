@@ -22,6 +22,8 @@ def rng_states() -> dict[str, Any]:
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore the global generators of Python, NumPy and torch (and of the GPUs, when there are any) from
+    :func:`rng_states`' output."""
     random.setstate(tuple(states["python"][:1]) + (tuple(states["python"][1]),) + tuple(states["python"][2:]))
     kind, keys, pos, has_gauss, gauss = states["numpy"]
     np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
@@ -36,8 +38,10 @@ class RngState(pl.Callback):
     augmented differently from the run it continues."""
 
     def state_dict(self) -> dict[str, Any]:
+        """The generators' states, saved in the checkpoint (:func:`rng_states`)."""
         return rng_states()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the generators from a checkpoint's states; an empty state (none saved) changes nothing."""
         if state_dict:
             set_rng_states(state_dict)

@@ -43,16 +43,21 @@ class WandbDashboard(pl.Callback):
         return trainer.is_global_zero and bool(wandb_loggers(trainer.loggers))
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """At the start of fit, on rank 0 with a W&B logger: define the per-exit metrics against ``epoch``."""
         if stage == "fit" and self._active(trainer):
             module = cast("MultiExitModule", pl_module)
             define_exit_metrics(trainer.loggers, module.metric_names, list(module.criterion.terms))
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Keep the first ``attention_images`` images of the first validation batch, once, when attention maps are to be
+        logged."""
         if self.images is None and batch_idx == 0 and self.every and self._active(trainer):
             self.images = batch[0][: self.attention_images].detach().cpu()
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Every ``attention_every_n_epochs`` epochs: log the attention maps of the kept images to W&B (not in the
+        sanity check, not for networks without attention)."""
         due = self.every and (trainer.current_epoch + 1) % self.every == 0
         if not due or trainer.sanity_checking or self.images is None or not self._active(trainer):
             return
