@@ -11,7 +11,7 @@ DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist
 
 help:
 	@echo "make demo       set up, then train + evaluate the quickstart (Fashion-MNIST, CPU, < 10 min)"
-	@echo "make test       set up, then lint (ruff), build the docs (--strict) and run the test suite (slow tests excluded)"
+	@echo "make test       set up, then lint (ruff), type-check (mypy), build the docs (--strict) and run the test suite (slow tests excluded)"
 	@echo "make test-slow  only the tests marked slow"
 	@echo "make setup      create $(VENV) and install scan_lightning[dev] (editable)"
 	@echo "make data       install the Fashion-MNIST IDX files into $(FMNIST_RAW)"
@@ -40,6 +40,7 @@ demo: setup data
 
 test: setup
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m mkdocs build --strict --site-dir build/site
 	$(PY) -m pytest -q
 

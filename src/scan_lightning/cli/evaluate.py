@@ -9,6 +9,7 @@ per-exit table, figures, budgeted curve and policy go to a W&B run as well (:mod
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -53,7 +54,7 @@ def evaluate(cfg: DictConfig) -> PostFitResult:
         net.num_exits, ckpt, policy_cfg, required=False, model=model_identity(net, shape))
 
     data_cfg = OmegaConf.merge(run_cfg.data, cfg.get("data") or {})
-    dm = build(data_cfg)
+    dm = build(cast(DictConfig, data_cfg))
     dm.prepare_data()
     dm.setup("test")
     result = run_post_fit(net, dm.eval_dataloader("val"), dm.eval_dataloader("test"), shape, search, timing, policy,

@@ -63,7 +63,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info(f"{out_dir} holds an unfinished run: resuming from {resume}")
     pl.seed_everything(cfg.seed, workers=True)
     module, datamodule, trainer = prepare(cfg)
-    if rank_zero_only.rank == 0:
+    if rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # Lightning sets the rank on the decorator
         save_resolved_config(cfg, out_dir)
         if (cfg.get("extras") or {}).get("print_config"):
             print_config_tree(cfg, out_dir)
@@ -86,7 +86,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log_exit_table(trainer.loggers, rows, step=trainer.global_step)
     checkpoint = best or final_checkpoint(trainer, out_dir)   # every rank: saving is collective under DDP
     if trainer.is_global_zero:
-        dashboard = next((c for c in trainer.callbacks if isinstance(c, WandbDashboard)), None)
+        dashboard = next((c for c in trainer.callbacks if isinstance(c, WandbDashboard)), None)  # type: ignore[attr-defined]  # Lightning sets it
         if dashboard is not None and dashboard.log_checkpoint:
             log_checkpoint(trainer.loggers, checkpoint, result_path(trainer))
         write_summary(out_dir, metrics, checkpoint)
@@ -102,7 +102,7 @@ def interrupted(trainer: pl.Trainer, out_dir: Path) -> RunInterrupted:
     partial ``summary.json`` (status, step, metrics so far, checkpoint to resume from) and the error to exit with."""
     sigterm = bool(getattr(trainer, "received_sigterm", False))
     name, number = ("SIGTERM", signal.SIGTERM) if sigterm else ("SIGINT", signal.SIGINT)
-    saved = [c.ckpt_path for c in trainer.callbacks if isinstance(c, InterruptCheckpoint)]
+    saved = [c.ckpt_path for c in trainer.callbacks if isinstance(c, InterruptCheckpoint)]  # type: ignore[attr-defined]  # Lightning sets it
     checkpoint = next((p for p in saved if Path(p).is_file()), None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if trainer.is_global_zero:

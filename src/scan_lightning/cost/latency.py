@@ -15,6 +15,8 @@ from scan_lightning.cost.macs import exit_cost_vector
 
 @dataclass(frozen=True)
 class LatencyTable:
+    """Measured per-image times of the deployment form's sections and exit branches at one batch size on one device: a
+    cost model the threshold search can minimise (``search.cost=latency``)."""
     batch_size: int
     device: str
     section_ms: list[float]   # per image, median over repeats
@@ -44,6 +46,7 @@ class LatencyTable:
         return sum(self.section_ms) + (sum(self.exit_ms_own) if self.plain_every_exit else self.deep_head_ms)
 
     def to_dict(self) -> dict:
+        """Plain data for JSON: the measured fields plus the derived ``cumulative_ms`` and ``plain_ms``."""
         return {"batch_size": self.batch_size, "device": self.device, "section_ms": self.section_ms,
                 "exit_ms_own": self.exit_ms_own, "deep_head_ms": self.deep_head_ms,
                 "plain_every_exit": self.plain_every_exit,
@@ -51,5 +54,6 @@ class LatencyTable:
 
     @classmethod
     def from_dict(cls, data: dict) -> LatencyTable:
+        """The table from :meth:`to_dict`'s output (the derived entries are recomputed, not read)."""
         return cls(int(data["batch_size"]), str(data["device"]), list(data["section_ms"]),
                    list(data["exit_ms_own"]), float(data["deep_head_ms"]), bool(data.get("plain_every_exit", False)))

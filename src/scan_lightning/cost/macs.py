@@ -49,6 +49,8 @@ class ExitCost:
 
 @dataclass(frozen=True)
 class CostTable:
+    """Per-exit MACs and parameter counts of a network for one input shape (C, H, W), as :func:`measure_costs` counts
+    them; ``chained``: ISC, so every exit branch runs."""
     exits: list[ExitCost]
     input_shape: tuple[int, ...]
     chained: bool = False   # ISC: each exit reads the previous exit's logits, so every exit branch runs
@@ -72,6 +74,7 @@ class CostTable:
 
     @property
     def backbone_macs(self) -> int:
+        """MACs of all sections alone: no attention modules, no heads."""
         return sum(e.section_macs for e in self.exits)
 
     @property
@@ -86,6 +89,7 @@ class CostTable:
         return self.backbone_macs + sum(e.head_macs for e in self.exits)
 
     def to_dict(self) -> dict:
+        """Plain data for JSON: input shape, ``chained``, the per-exit rows and the aggregate MAC counts."""
         return {
             "input_shape": list(self.input_shape),
             "chained": self.chained,
@@ -106,7 +110,7 @@ class CostTable:
                    bool(data.get("plain_every_exit", False)))
 
 
-def _elementwise_ops(module: nn.Module, inputs: tuple, output: object) -> int:
+def _elementwise_ops(module: nn.Module, inputs: tuple, output: Any) -> int:
     """Per-sample ops the MSDNet/IMTA public op counter adds to conv/linear MACs: ReLU outputs, pooling
     window reads, Linear biases. Other modules: 0."""
     if isinstance(module, nn.ReLU):
@@ -121,7 +125,7 @@ def _elementwise_ops(module: nn.Module, inputs: tuple, output: object) -> int:
     return 0
 
 
-def count_macs(fn, *inputs, elementwise: bool = False) -> tuple[int, object]:
+def count_macs(fn, *inputs, elementwise: bool = False) -> tuple[int, Any]:
     """MACs of one call of ``fn`` (a module or function; FLOPs / 2) and its output.
 
     ``elementwise=True`` also counts ReLU, pooling and Linear-bias ops per sample, the convention of the
@@ -129,7 +133,7 @@ def count_macs(fn, *inputs, elementwise: bool = False) -> tuple[int, object]:
     """
     extra = [0]
 
-    def hook(module: nn.Module, args: tuple, output: object) -> None:
+    def hook(module: nn.Module, args: tuple, output: Any) -> None:
         extra[0] += _elementwise_ops(module, args, output)
 
     handle = register_module_forward_hook(hook) if elementwise else None
@@ -143,6 +147,7 @@ def count_macs(fn, *inputs, elementwise: bool = False) -> tuple[int, object]:
 
 
 def count_params(module: nn.Module) -> int:
+    """Number of parameter elements in ``module``, trainable or frozen."""
     return sum(p.numel() for p in module.parameters())
 
 

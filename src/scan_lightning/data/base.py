@@ -10,8 +10,8 @@ transforms, so model selection and threshold search never see augmented images, 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sized
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -69,12 +69,15 @@ class SplitDataModule(pl.LightningDataModule):
 
     # --- what a dataset provides ---------------------------------------------------------------
     def make_dataset(self, train: bool, transform: Transform) -> Dataset:
+        """The training (``train=True``) or test images with ``transform`` applied; subclasses implement it."""
         raise NotImplementedError
 
     def train_transform(self) -> Transform:
+        """The transform of the training images, augmentation included; subclasses implement it."""
         raise NotImplementedError
 
     def eval_transform(self) -> Transform:
+        """The deterministic transform of validation and test images; subclasses implement it."""
         raise NotImplementedError
 
     def config_from_data(self) -> dict:
@@ -94,14 +97,23 @@ class SplitDataModule(pl.LightningDataModule):
         return train, val
 
     def setup(self, stage: str | None = None) -> None:
+        """Build the seeded train/val split once (the validation subset from a copy with the eval transforms) and, for
+        ``test``, ``predict`` or ``stage=None``, the test set."""
         if self.train_set is None:
             train_aug = self.make_dataset(train=True, transform=self.train_transform())
             train_eval = self.make_dataset(train=True, transform=self.eval_transform())
-            train_idx, val_idx = self.split_indices(len(train_aug))
+            train_idx, val_idx = self.split_indices(len(cast(Sized, train_aug)))   # map-style: it has a length
             self.train_set = Subset(train_aug, train_idx.tolist())
             self.val_set = Subset(train_eval, val_idx.tolist())
         if self.test_set is None and stage in (None, "test", "predict"):
             self.test_set = self.make_dataset(train=False, transform=self.eval_transform())
+
+    @staticmethod
+    def _ready(dataset: Dataset | None, split: str) -> Dataset:
+        """``dataset`` once :meth:`setup` has made it."""
+        if dataset is None:
+            raise RuntimeError(f"the {split} set is made by setup(); call it before asking for its loader")
+        return dataset
 
     def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
@@ -118,11 +130,14 @@ class SplitDataModule(pl.LightningDataModule):
                                             shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
-        self._train_sampler = ResumableRandomSampler(self.train_set)
+        """The shuffled training loader; its resumable sampler continues a mid-epoch checkpoint's order when one was
+        loaded."""
+        train_set = self._ready(self.train_set, "training")
+        self._train_sampler = ResumableRandomSampler(train_set)
         if self._resume_order:
             self._train_sampler.resume(self._resume_order)
             self._resume_order = {}
-        return self._loader(self.train_set, False, self.batch_size, self._train_sampler)
+        return self._loader(train_set, False, self.batch_size, self._train_sampler)
 
     def state_dict(self) -> dict:
         """Saved with every checkpoint: where a checkpoint written mid-epoch is in the shuffled order."""
@@ -130,20 +145,26 @@ class SplitDataModule(pl.LightningDataModule):
         return {"train_order": train_order_state(trainer, self._train_sampler, self.batch_size) if trainer else {}}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Keep a checkpoint's position in the training order for the next :meth:`train_dataloader`."""
         self._resume_order = dict(state_dict.get("train_order") or {})
         if self._resume_order:   # Lightning looks for the position on the loader, not here: its warning is wrong
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, False, self.eval_batch_size, self._eval_sampler(self.val_set))
+        """The validation loader, unshuffled; under DDP this process's share of it, without padding."""
+        val_set = self._ready(self.val_set, "validation")
+        return self._loader(val_set, False, self.eval_batch_size, self._eval_sampler(val_set))
 
     def test_dataloader(self) -> DataLoader:
+        """The test loader (the test set set up first), unshuffled; under DDP this process's share, without padding."""
         self.setup("test")
-        return self._loader(self.test_set, False, self.eval_batch_size, self._eval_sampler(self.test_set))
+        test_set = self._ready(self.test_set, "test")
+        return self._loader(test_set, False, self.eval_batch_size, self._eval_sampler(test_set))
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """The whole ``"val"`` or ``"test"`` set in one process (the post-fit pass and ``evaluate``)."""
         if split not in ("val", "test"):
             raise ValueError(f"split={split!r} is not an evaluation split; choose 'val' or 'test'")
         self.setup("test")
-        return self._loader(self.val_set if split == "val" else self.test_set, False, self.eval_batch_size)
+        dataset = self._ready(self.val_set if split == "val" else self.test_set, split)
+        return self._loader(dataset, False, self.eval_batch_size)

@@ -23,6 +23,8 @@ class CIFARDataModule(SplitDataModule):
         self.data_dir, self.variant, self.download = data_dir, variant, download
 
     def prepare_data(self) -> None:
+        """Check both splits are under ``data_dir`` (with ``download``: fetch them); FileNotFoundError saying what to
+        put there otherwise."""
         for train in (True, False):
             try:
                 DATASETS[self.variant](self.data_dir, train=train, download=self.download)
@@ -33,16 +35,19 @@ class CIFARDataModule(SplitDataModule):
                     f"({folder}/), or set data.download=true where the internet is reachable") from None
 
     def make_dataset(self, train: bool, transform) -> Dataset:
+        """torchvision's CIFAR-10 or CIFAR-100 training or test split with ``transform``."""
         return DATASETS[self.variant](self.data_dir, train=train, transform=transform)
 
     def _normalize(self):
         return transforms.Normalize(*STATS[self.variant])
 
     def train_transform(self):
+        """Random crop 32 with padding 4, horizontal flip, tensor, normalised by the variant's mean and std."""
         return transforms.Compose([
             transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
             transforms.ToTensor(), self._normalize(),
         ])
 
     def eval_transform(self):
+        """Tensor normalised by the variant's mean and std."""
         return transforms.Compose([transforms.ToTensor(), self._normalize()])

@@ -73,6 +73,8 @@ class FashionMNISTDataModule(SplitDataModule):
         self.data_dir, self.source_dir, self.download, self.augment = data_dir, source_dir, download, augment
 
     def prepare_data(self) -> None:
+        """Make the four IDX files present (copied from ``source_dir``, else downloaded when allowed), then check each
+        is complete and every split has as many labels as images."""
         raw = raw_folder(self.data_dir)
         if not all((raw / n).is_file() for n in IDX_FILES) and not install_idx_files(self.source_dir, self.data_dir):
             if not self.download:
@@ -93,9 +95,12 @@ class FashionMNISTDataModule(SplitDataModule):
         )
 
     def make_dataset(self, train: bool, transform) -> Dataset:
+        """torchvision's FashionMNIST training or test split read from ``data_dir``, with ``transform``."""
         return datasets.FashionMNIST(self.data_dir, train=train, transform=transform)
 
     def train_transform(self):
+        """With ``augment``: random crop 28 with padding 2 and a horizontal flip, then tensor and normalisation;
+        otherwise the eval transform."""
         if not self.augment:
             return self.eval_transform()
         return transforms.Compose([
@@ -104,6 +109,7 @@ class FashionMNISTDataModule(SplitDataModule):
         ])
 
     def eval_transform(self):
+        """Tensor normalised by the Fashion-MNIST mean and std."""
         return transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
 
 

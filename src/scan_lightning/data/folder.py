@@ -23,7 +23,7 @@ log = get_logger(__name__)
 
 
 def check_split_size(name: str, value: int | float) -> int | float:
-    """A split size: a count >= 1 or a fraction in (0, 1)."""
+    """``value`` unchanged if it is a split size, a count >= 1 or a fraction in (0, 1); ValueError otherwise."""
     ok_count = isinstance(value, int) and not isinstance(value, bool) and value >= 1
     ok_fraction = isinstance(value, float) and 0.0 < value < 1.0
     if not (ok_count or ok_fraction):
@@ -134,12 +134,16 @@ class FolderDataModule(SplitDataModule):
         return [rest[i] for i in train.tolist()]
 
     def make_dataset(self, train: bool, transform: Transform) -> Dataset:
+        """``train=True``: the training folder's images not held out for testing (the base class splits validation off
+        them); else ``test/``, or the held-out test images."""
         rest, test = self.held_out_test()
         if not train and self.layout.test is not None:
             return ClassFolder(self.layout.test, self.class_names, transform)
         return Subset(self.pool().with_transform(transform), rest if train else test)
 
     def setup(self, stage: str | None = None) -> None:
+        """The base class's splits; with a ``val/`` folder the validation set is that folder (eval transforms)
+        instead."""
         fresh = self.train_set is None
         super().setup(stage)
         if fresh and self.layout.val is not None:
@@ -148,7 +152,7 @@ class FolderDataModule(SplitDataModule):
     # --- transforms ----------------------------------------------------------------------------
     def normalization(self) -> tuple[list[float], list[float]]:
         """``(mean, std)``: as given, else computed once from a seeded sample of the training split."""
-        if self.mean is None:
+        if self.mean is None or self.std is None:   # given both or neither (__init__)
             train = self.train_positions()
             picked = sample_indices(train, self.stats_samples, self.seed)
             images = self.pool().with_transform(compose(eval_geometry(self.augment, self.image_size), self.in_channels))
@@ -160,9 +164,11 @@ class FolderDataModule(SplitDataModule):
         return self.mean, self.std
 
     def train_transform(self) -> Transform:
+        """Channel conversion, the preset's random geometry, tensor and normalisation (:meth:`normalization`)."""
         return compose(train_geometry(self.augment, self.image_size), self.in_channels, *self.normalization())
 
     def eval_transform(self) -> Transform:
+        """Channel conversion, the preset's resize and centre crop, tensor and normalisation (:meth:`normalization`)."""
         return compose(eval_geometry(self.augment, self.image_size), self.in_channels, *self.normalization())
 
     def config_from_data(self) -> dict:

@@ -72,6 +72,8 @@ class ClassFolder(ImageFolder):
             raise FileNotFoundError(f"{root} holds no images (extensions {', '.join(self.extensions)}); {LAYOUT}")
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        """The given class list and its label indices, whichever class folders ``directory`` has (replaces ImageFolder's
+        own scan)."""
         return self._given_classes, {name: i for i, name in enumerate(self._given_classes)}
 
     def with_transform(self, transform: Callable | None) -> ClassFolder:

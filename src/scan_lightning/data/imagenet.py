@@ -25,12 +25,14 @@ class ImageNetDataModule(SplitDataModule):
         self.root, self.resize_size = Path(root), resize_size
 
     def prepare_data(self) -> None:
+        """Check ``root/train`` and ``root/val`` exist (nothing is downloaded); FileNotFoundError otherwise."""
         for split in ("train", "val"):
             if not (self.root / split).is_dir():
                 raise FileNotFoundError(f"ImageNet folder {self.root / split} is missing: data.root must hold "
                                         "train/<class>/* and val/<class>/* (ImageFolder layout)")
 
     def make_dataset(self, train: bool, transform) -> Dataset:
+        """An ImageFolder over ``root/train`` or ``root/val`` (the test split here), checked against ``num_classes``."""
         ds = datasets.ImageFolder(str(self.root / ("train" if train else "val")), transform=transform)
         if len(ds.classes) != self.num_classes:
             raise ValueError(f"{self.root / ('train' if train else 'val')} has {len(ds.classes)} classes but "
@@ -38,12 +40,14 @@ class ImageNetDataModule(SplitDataModule):
         return ds
 
     def train_transform(self):
+        """RandomResizedCrop(image_size), horizontal flip, tensor, ImageNet normalisation."""
         return transforms.Compose([
             transforms.RandomResizedCrop(self.image_size), transforms.RandomHorizontalFlip(),
             transforms.ToTensor(), transforms.Normalize(MEAN, STD),
         ])
 
     def eval_transform(self):
+        """Resize(resize_size), CenterCrop(image_size), tensor, ImageNet normalisation."""
         return transforms.Compose([
             transforms.Resize(self.resize_size), transforms.CenterCrop(self.image_size),
             transforms.ToTensor(), transforms.Normalize(MEAN, STD),

@@ -39,9 +39,11 @@ class ResumableRandomSampler(RandomSampler):
 def train_order_state(trainer: pl.Trainer, sampler: ResumableRandomSampler | None, batch_size: int) -> dict:
     """What a checkpoint written in the middle of a training pass needs to continue it exactly; empty at an epoch's
     end (the next pass draws a new order as usual) or when the sampler in use is not ours (DDP)."""
-    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    # Lightning declares the tracker a _ReadyCompletedTracker; the batch progress holds a _ProcessedTracker
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # type: ignore[attr-defined]
     if sampler is None or sampler.pass_seed is None or not 0 < done < trainer.num_training_batches:
         return {}
+    seed = sampler.pass_seed
     if trainer.train_dataloader is None or getattr(trainer.train_dataloader, "sampler", None) is not sampler:
         return {}
-    return {"seed": sampler.pass_seed, "samples_done": done * batch_size, "torch_rng": torch.get_rng_state()}
+    return {"seed": seed, "samples_done": done * batch_size, "torch_rng": torch.get_rng_state()}

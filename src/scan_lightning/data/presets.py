@@ -15,6 +15,7 @@ IMAGENET_CROP = 0.875   # eval: the centre crop keeps this fraction of the resiz
 
 
 def check_augment(augment: str) -> str:
+    """``augment`` unchanged when it names a preset of :data:`AUGMENTS`; ValueError otherwise."""
     if augment not in AUGMENTS:
         raise ValueError(f"data.augment={augment!r} is not a preset; choose one of {AUGMENTS}")
     return augment

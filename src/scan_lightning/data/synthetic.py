@@ -19,6 +19,8 @@ class SyntheticDataModule(SplitDataModule):
         self.train_samples, self.test_samples, self.noise = train_samples, test_samples, noise
 
     def make_dataset(self, train: bool, transform) -> Dataset:
+        """A TensorDataset of seeded class templates plus Gaussian noise (``transform`` is ignored); the training and
+        test splits draw different samples."""
         g = torch.Generator().manual_seed(self.seed)
         shape = (self.in_channels, self.image_size, self.image_size)
         templates = torch.randn(self.num_classes, *shape, generator=g)
@@ -29,7 +31,9 @@ class SyntheticDataModule(SplitDataModule):
         return TensorDataset(x, y)
 
     def train_transform(self):
+        """``None``: the synthetic tensors are used as they are."""
         return None
 
     def eval_transform(self):
+        """``None``: the synthetic tensors are used as they are."""
         return None

@@ -22,7 +22,7 @@ import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -76,6 +76,8 @@ class SectionStep(nn.Module):
         self.takes_list = takes_list
 
     def forward(self, h: list[Tensor]) -> list[Tensor]:
+        """Run the section on the maps (or on the single tensor, for a section that takes one) and return its output as
+        a list."""
         out = self.section(list(h) if self.takes_list else h[0])
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
@@ -90,6 +92,7 @@ class ExitStep(nn.Module):
         self.uses_previous = uses_previous
 
     def forward(self, h: list[Tensor], previous: Tensor) -> Tensor:
+        """The exit's logits from the last map of ``h``; ``previous`` reaches the exit only when it has an ISC input."""
         return self.branch(h[-1], previous if self.uses_previous else None)[0]
 
 
@@ -122,7 +125,7 @@ def _clone(h: list[Tensor]) -> list[Tensor]:
 def _branch(net: Network, i: int) -> nn.Module:
     """Exit ``i`` as one module ``(h, previous) -> (logits, feature)``: ``net.exit_branch(i)``, or the ``exits``
     of a network already in deployment form."""
-    return net.exit_branch(i) if hasattr(net, "exit_branch") else net.exits[i]
+    return net.exit_branch(i) if isinstance(net, MultiExitNetwork) else net.exits[i]
 
 
 def _channels_last(net: nn.Module) -> bool:
@@ -167,6 +170,9 @@ class ScriptedEarlyExit(nn.Module):
     fallback), MACs paid (float64) and the answer's max softmax (at its exit's temperature; the fallback's at 1).
     """
 
+    if TYPE_CHECKING:   # a buffer (registered in __init__); a class annotation would reach torch.jit.script
+        exit_macs: Tensor
+
     def __init__(self, sections: Sequence[nn.Module], exits: Sequence[nn.Module], policy: ExitPolicy,
                  exit_macs: Sequence[float], input_shape: Sequence[int], num_classes: int, metadata: str,
                  channels_last: bool = False, skipped: Sequence[bool] | None = None) -> None:
@@ -186,6 +192,8 @@ class ScriptedEarlyExit(nn.Module):
         self.register_buffer("exit_macs", torch.tensor(list(exit_macs), dtype=torch.float64))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Early-exit inference on a batch ``x`` of ``input_shape``: ``(prediction, exit_index, macs, confidence)`` per
+        sample, as the class describes; ValueError for another shape."""
         if x.dim() != len(self.input_shape) + 1 or list(x.shape[1:]) != self.input_shape:
             raise ValueError("input must be a batch of shape (N, " + str(self.input_shape)[1:-1]
                              + "), got " + str(list(x.shape)))
@@ -268,7 +276,7 @@ def build_torchscript(net: Network, policy: ExitPolicy, costs: CostTable, freeze
             wrapper = ScriptedEarlyExit(traced_sections, traced_exits, policy, meta["exit_macs"], meta["input_shape"],
                                         meta["num_classes"], json.dumps(meta), _channels_last(net),
                                         meta["skipped_heads"]).to(device).eval()
-            scripted = torch.jit.script(wrapper)
+            scripted: torch.jit.ScriptModule = torch.jit.script(wrapper)
             if freeze or optimize:
                 # weights become constants (Conv+BN folded, ops fused) across the whole walk, loops unrolled
                 scripted = torch.jit.freeze(scripted, preserved_attrs=PRESERVED)
@@ -346,6 +354,8 @@ def _onnx_export(module: nn.Module, args: tuple, path: Path, input_names: list[s
             warnings.simplefilter("ignore")      # e.g. "the axis name batch will not be used" (one shared Dim)
             program = torch.onnx.export(module, args, dynamo=True, input_names=input_names,
                                         output_names=output_names, dynamic_shapes=dynamic_shapes, verbose=False)
+        if program is None:   # dynamo=True always returns the program; the declared result also covers dynamo=False
+            raise RuntimeError(f"torch.onnx.export returned no ONNX program for {path.name}")
         program.save(str(path))
     else:
         with warnings.catch_warnings():

@@ -21,6 +21,7 @@ FORMAT = "scan_lightning.onnx_early_exit"
 
 
 class OnnxEarlyExitResult(NamedTuple):
+    """What :class:`OnnxEarlyExit` returns per sample: class, exit taken (K = fallback), MACs paid and confidence."""
     prediction: np.ndarray   # (N,) int64 class per sample
     exit_index: np.ndarray   # (N,) int64 0..K-1, or K when no exit claimed the sample (fallback)
     macs: np.ndarray         # (N,) float64 MACs each sample paid
@@ -107,7 +108,8 @@ class OnnxEarlyExit:
         exit_index = np.full(n, k, dtype=np.int64)
         alive = np.arange(n)                        # original indices of undecided samples
         h: list[np.ndarray] = [x]
-        logits = logit_sum = None
+        logits: np.ndarray | None = None
+        logit_sum: np.ndarray | None = None
         for i, ((section, names_in, _), (exit_session, exit_in, uses_previous)) in enumerate(
                 zip(self.sections, self.exits)):
             if alive.size == 0:
@@ -117,6 +119,7 @@ class OnnxEarlyExit:
                 continue
             feed = {exit_in[0]: h[-1]}
             if uses_previous:
+                assert logits is not None   # with ISC no exit is skipped: exit i - 1 ran
                 feed[exit_in[1]] = logits
             logits = exit_session.run(None, feed)[0]
             logit_sum = logits if logit_sum is None else logit_sum + logits
@@ -129,6 +132,8 @@ class OnnxEarlyExit:
                 alive, logits, logit_sum = alive[keep], logits[keep], logit_sum[keep]
                 h = [np.ascontiguousarray(t[keep]) for t in h]
         if alive.size:
+            # samples left: every section ran, and the deepest exit is never skipped, so both are set
+            assert logits is not None and logit_sum is not None
             last = logit_sum / np.float32(k) if self.fallback == "ensemble" else logits
             conf, pred = max_softmax(last)
             prediction[alive], confidence[alive] = pred, conf

@@ -25,8 +25,11 @@ class OrtNetwork:
     """``net``'s sections and exits as ONNX graphs on onnxruntime's CPU provider (threads: torch's)."""
 
     def __init__(self, net: DeployedNetwork, costs: CostTable, directory: str | Path | None = None) -> None:
-        self._tmp = tempfile.TemporaryDirectory(prefix="scan_ort_") if directory is None else None
-        folder = Path(directory if directory is not None else self._tmp.name)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if directory is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="scan_ort_")
+            directory = self._tmp.name
+        folder = Path(directory)
         export_onnx(net, ExitPolicy.create([1.0] * net.num_exits), costs, folder, exporter="legacy")
         runner = OnnxEarlyExit(folder, threads=torch.get_num_threads(), spinning=False)
         self._sections, self._exits = runner.sections, runner.exits
@@ -35,19 +38,25 @@ class OrtNetwork:
         self.device = torch.device("cpu")
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The input detached, as a contiguous float32 CPU tensor (what the ONNX sessions read)."""
         return x.detach().to("cpu", torch.float32).contiguous()
 
     def section(self, i: int, h: SectionOutput) -> list[torch.Tensor]:
+        """Section ``i``'s output maps for its input (a tensor or the per-scale list), run by its ONNX session."""
         session, names, _ = self._sections[i]
         maps = h if isinstance(h, (list, tuple)) else [h]
         outs = session.run(None, {n: t.contiguous().numpy() for n, t in zip(names, maps)})
         return [torch.from_numpy(o) for o in outs]
 
     def exit(self, i: int, h: SectionOutput, previous: torch.Tensor | None) -> torch.Tensor:
+        """Exit ``i``'s logits from section ``i``'s output; ``previous`` (exit ``i - 1``'s logits) is fed where the exit
+        has an ISC input."""
         session, names, uses_previous = self._exits[i]
         coarsest = h[-1] if isinstance(h, (list, tuple)) else h
         feed = {names[0]: coarsest.contiguous().numpy()}
         if uses_previous:
+            if previous is None:
+                raise ValueError(f"exit {i} needs the previous exit's logits (ISC)")
             feed[names[1]] = previous.contiguous().numpy()
         return torch.from_numpy(session.run(None, feed)[0])
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -26,14 +27,15 @@ class LossComposer(nn.Module):
         """One clear error, naming the term, if a term does not fit the network's exits."""
         for name, term in self.terms.items():
             try:
-                term.check(num_exits, feature_widths)
+                cast(LossTerm, term).check(num_exits, feature_widths)   # __init__ admits LossTerms only
             except ValueError as err:
                 raise ValueError(f"loss term {name!r}: {err}") from None
 
     def forward(self, outputs: ExitOutputs, target: torch.Tensor, teacher: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``teacher``: a frozen network's deepest logits for the batch (IMTA phase II), passed to every term
-        beside the student's outputs, as torchdistill passes student and teacher outputs."""
+        """The weighted total and every term's unweighted value. ``teacher``: a frozen network's deepest logits for
+        the batch (IMTA phase II), passed to every term beside the student's outputs, as torchdistill passes student
+        and teacher outputs."""
         values = {name: term(outputs, target, teacher) for name, term in self.terms.items()}
         total = sum(self.terms[name].weight * v for name, v in values.items())
         return total, values

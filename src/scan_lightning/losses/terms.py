@@ -21,6 +21,8 @@ HINT_REDUCTIONS = ("mean", "sum")
 
 
 def select_exits(exits: ExitSelection, num_exits: int) -> list[int]:
+    """The 0-based exit indices a selection (``all``, ``shallow``, ``deepest`` or a list of indices) names among
+    ``num_exits`` exits; ValueError for an unknown name or an index out of range."""
     if isinstance(exits, str):
         if exits == "all":
             return list(range(num_exits))
@@ -58,12 +60,15 @@ class LossTerm(nn.Module):
 
     def forward(self, outputs: ExitOutputs, target: torch.Tensor, teacher: torch.Tensor | None = None
                 ) -> torch.Tensor:
-        """``teacher``: a frozen network's deepest logits for the same batch, when training has one."""
+        """The sum of :meth:`exit_loss` over the selected exits. ``teacher``: a frozen network's deepest logits for the
+        same batch, when training has one."""
         idx = select_exits(self.exits, len(outputs.logits))
         return torch.stack([self.exit_loss(outputs, target, i, teacher) for i in idx]).sum()
 
     def exit_loss(self, outputs: ExitOutputs, target: torch.Tensor, i: int, teacher: torch.Tensor | None = None
                   ) -> torch.Tensor:
+        """The term's loss at exit ``i``; subclasses implement it, and :meth:`forward` sums it over the selected
+        exits."""
         raise NotImplementedError
 
 
@@ -72,6 +77,7 @@ class CrossEntropy(LossTerm):
 
     def exit_loss(self, outputs: ExitOutputs, target: torch.Tensor, i: int, teacher: torch.Tensor | None = None
                   ) -> torch.Tensor:
+        """Cross-entropy of exit ``i``'s logits against ``target``."""
         return F.cross_entropy(outputs.logits[i], target)
 
 
@@ -100,6 +106,8 @@ class Distillation(LossTerm):
 
     def forward(self, outputs: ExitOutputs, target: torch.Tensor, teacher: torch.Tensor | None = None
                 ) -> torch.Tensor:
+        """SCAN's self-distillation (Zhang et al., NeurIPS 2019): the sum over the selected exits of the T^2-scaled KL
+        from the detached teacher (deepest exit or ensemble); the ``teacher`` argument is not used."""
         teacher = (outputs.logits[-1] if self.teacher == "deepest" else outputs.ensemble).detach()
         idx = select_exits(self.exits, len(outputs.logits))
         return torch.stack([kd_kl(outputs.logits[i], teacher, self.temperature) for i in idx]).sum()
@@ -120,6 +128,8 @@ class FeatureHint(LossTerm):
         self.reduction = reduction
 
     def check(self, num_exits: int, feature_widths: Sequence[int]) -> None:
+        """ValueError unless every selected exit's pooled feature is as wide as the deepest exit's, which the hint
+        compares it with."""
         for i in select_exits(self.exits, num_exits):
             if feature_widths[i] != feature_widths[-1]:
                 raise ValueError(f"the feature hint needs equal feature widths; exit {i} has {feature_widths[i]}, "
@@ -127,6 +137,8 @@ class FeatureHint(LossTerm):
 
     def exit_loss(self, outputs: ExitOutputs, target: torch.Tensor, i: int, teacher: torch.Tensor | None = None
                   ) -> torch.Tensor:
+        """SCAN's feature hint (Zhang et al., NeurIPS 2019) at exit ``i``: squared L2 distance of its pooled feature to
+        the detached deepest one, summed or averaged over the batch (``reduction``)."""
         f_i, f_deep = outputs.features[i], outputs.features[-1].detach()
         sq = (f_i - f_deep).pow(2).sum()
         return sq / f_i.shape[0] if self.reduction == "mean" else sq
@@ -154,6 +166,8 @@ class OneForAll(LossTerm):
 
     def exit_loss(self, outputs: ExitOutputs, target: torch.Tensor, i: int, teacher: torch.Tensor | None = None
                   ) -> torch.Tensor:
+        """IMTA's one-for-all KD (Li et al., ICCV 2019, Eq. 7-8) at exit ``i``: alpha times its cross-entropy plus (1 -
+        alpha) times the KL from the detached teacher at temperature T, without the T^2 factor."""
         t = self.temperature
         if self.teacher == "frozen":
             if teacher is None:

@@ -21,6 +21,7 @@ def attention_maps(net: MultiExitNetwork, x: torch.Tensor) -> dict[int, torch.Te
     h = x
     for i, section in enumerate(net.sections[: max(exits) + 1] if exits else []):
         h = section(h)
-        if i in exits:
-            maps[i] = net.attentions[i].attention_map(exit_input(h)).mean(1)
+        attention = net.attentions[i]
+        if isinstance(attention, AttentionModule):   # the exits in ``exits``
+            maps[i] = attention.attention_map(exit_input(h)).mean(1)
     return maps

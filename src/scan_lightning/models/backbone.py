@@ -32,6 +32,7 @@ class SectionedBackbone(nn.Module):
 
     @property
     def num_sections(self) -> int:
+        """How many sections there are (an exit may follow each)."""
         return len(self.sections)
 
     def regroup(self, exit_after: Sequence[int]) -> SectionedBackbone:

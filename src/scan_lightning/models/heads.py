@@ -27,11 +27,14 @@ class AttentionModule(nn.Module):
         )
 
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The sigmoid mask in [0, 1] for ``x`` (SCAN, Zhang et al., NeurIPS 2019, Eq. 2), cropped to ``x``'s height and
+        width."""
         mask = self.mask(x)
         # Odd sizes (e.g. 7x7) come back one pixel larger after the transposed conv; crop to the input.
         return mask[..., : x.shape[-2], : x.shape[-1]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` multiplied by its attention mask."""
         return self.attention_map(x) * x
 
 
@@ -43,12 +46,15 @@ class ExitHead(nn.Module):
 
     @property
     def feature_width(self) -> int:
+        """Width of the pooled feature the Linear ``fc`` reads."""
         return self.fc.in_features
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled feature, one vector per sample (N, feature_width); subclasses implement it."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, feature)`` for a section output ``x``."""
         feature = self.features(x)
         return self.fc(feature), feature
 
@@ -71,6 +77,7 @@ class BottleneckHead(ExitHead):
         self.fc = nn.Linear(out_features, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The bottleneck convolutions, then global average pooling, flattened."""
         return self.pool(self.bottleneck(x)).flatten(1)
 
 
@@ -83,6 +90,7 @@ class LinearHead(ExitHead):
         self.fc = nn.Linear(in_channels, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Global average pooling of ``x``, flattened."""
         return self.pool(x).flatten(1)
 
 
@@ -100,4 +108,6 @@ class MSDNetHead(ExitHead):
         he_init(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The two stride-2 conv-BN-ReLU, then global average pooling, flattened (MSDNet's classifier, Huang et al.,
+        ICLR 2018)."""
         return self.pool(self.convs(x)).flatten(1)

@@ -36,6 +36,7 @@ class DenseConv(nn.Module):
         self.body = nn.Sequential(*layers, *conv_bn_relu(inner, cout, 3, stride))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The optional 1x1 bottleneck and the 3x3 convolution applied to ``x``."""
         return self.body(x)
 
 
@@ -48,6 +49,7 @@ class FirstLayer(nn.Module):
         self.scales = nn.ModuleList([first] + [nn.Sequential(*conv_bn_relu(a, b, 3, 2)) for a, b in zip(widths, widths[1:])])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """One map per scale, finest first, each coarser one made from the previous by a stride-2 conv."""
         maps = []
         for conv in self.scales:
             x = conv(x)
@@ -76,6 +78,8 @@ class DenseMultiScaleLayer(nn.Module):
         self.has_finer = first_out > first_in  # does the first output scale also read a finer one?
 
     def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Every output scale's input map with the new channels concatenated (dense connectivity): a strided conv of the
+        next-finer map where there is one, and a conv of the map itself."""
         out, d = [], 0
         for j, own in enumerate(self.own):
             s = self.first_out + j
@@ -97,6 +101,7 @@ class Transition(nn.Module):
         self.convs = nn.ModuleList([nn.Sequential(*conv_bn_relu(cin * g, cout * g, 1)) for g in gr_factor[first:]])
 
     def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Every scale's map through its 1x1 conv-BN-ReLU (fewer channels)."""
         return [conv(x) for conv, x in zip(self.convs, maps)]
 
 

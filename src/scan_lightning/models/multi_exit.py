@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
 
 from scan_lightning.models.backbone import SectionedBackbone
 from scan_lightning.models.gradient import equilibrium_scales, scale_gradient
-from scan_lightning.models.heads import AttentionModule, BottleneckHead, LinearHead, MSDNetHead
+from scan_lightning.models.heads import AttentionModule, BottleneckHead, ExitHead, LinearHead, MSDNetHead
 from scan_lightning.models.outputs import ExitOutputs
 
 HEAD_KINDS = ("bottleneck", "linear", "msdnet")
@@ -59,7 +60,7 @@ class ExitBranch(nn.Module):
     ``(logits, feature)``. It holds the network's own modules, so it shares their weights.
     """
 
-    def __init__(self, head: nn.Module, attention: nn.Module | None = None, transfer: nn.Module | None = None,
+    def __init__(self, head: ExitHead, attention: nn.Module | None = None, transfer: nn.Module | None = None,
                  isc: str | None = None, isc_detach: bool = True) -> None:
         super().__init__()
         self.attention = attention
@@ -68,10 +69,12 @@ class ExitBranch(nn.Module):
         self.isc, self.isc_detach = isc, isc_detach
 
     def forward(self, h: SectionOutput, previous: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        h = exit_input(h)
+        """This exit's ``(logits, feature)`` for section output ``h`` (the coarsest map of a list); ``previous`` is
+        needed with ISC only."""
+        x = exit_input(h)
         if self.attention is not None:
-            h = self.attention(h)
-        feature = self.head.features(h)
+            x = self.attention(x)
+        feature = self.head.features(x)
         if self.isc is None:
             return self.head.fc(feature), feature
         if previous is None:
@@ -79,6 +82,8 @@ class ExitBranch(nn.Module):
         prior = previous.detach() if self.isc_detach else previous
         if self.isc == "identity":
             return self.head.fc(feature) + prior, feature
+        if self.transfer is None:
+            raise ValueError(f"model.isc={self.isc!r} needs a transfer module for the previous exit's logits")
         return self.head.fc(torch.cat([feature, self.transfer(prior)], dim=1)), feature
 
 
@@ -146,7 +151,7 @@ class MultiExitNetwork(nn.Module):
         self.attentions = nn.ModuleList(
             [AttentionModule(s.channels) if a else nn.Identity() for s, a in zip(info[:-1], attn)]
         )
-        exit_heads: list[nn.Module] = []
+        exit_heads: list[ExitHead] = []
         for s, kind in zip(info[:-1], heads):
             if kind == "bottleneck":
                 if not bottleneck_width:
@@ -162,23 +167,25 @@ class MultiExitNetwork(nn.Module):
         self.heads = nn.ModuleList(exit_heads)
         self.isc_transfers = nn.ModuleList()
         if isc == "linear":  # every exit after the first takes [feature, transfer(previous logits)]
-            for head in exit_heads[1:]:
-                width = head.fc.in_features
+            for later in exit_heads[1:]:
+                width = later.fc.in_features
                 self.isc_transfers.append(nn.Sequential(nn.Linear(num_classes, width), nn.BatchNorm1d(width),
                                                         nn.ReLU(inplace=True)))
-                head.fc = nn.Linear(2 * width, num_classes)
+                later.fc = nn.Linear(2 * width, num_classes)
 
     @property
     def num_exits(self) -> int:
+        """Number of exits, the deepest included: one per (regrouped) section."""
         return len(self.heads)
 
     @property
     def feature_widths(self) -> list[int]:
         """Width of each exit's pooled feature (what the feature-hint loss compares)."""
-        return [head.feature_width for head in self.heads]
+        return [cast(ExitHead, head).feature_width for head in self.heads]   # __init__ made them ExitHeads
 
     @property
     def sections(self) -> nn.ModuleList:
+        """The backbone's sections in forward order."""
         return self.backbone.sections
 
     def exit_branch(self, i: int) -> ExitBranch:
@@ -189,7 +196,8 @@ class MultiExitNetwork(nn.Module):
             raise IndexError(f"exit {i} does not exist; this network has exits 0..{self.num_exits - 1}")
         attention = self.attentions[i] if i < len(self.attentions) else None
         transfer = self.isc_transfers[i - 1] if self.isc == "linear" and i > 0 else None
-        return ExitBranch(self.heads[i], attention, transfer, self.isc if i > 0 else None, self.isc_detach)
+        head = cast(ExitHead, self.heads[i])   # __init__ made them ExitHeads
+        return ExitBranch(head, attention, transfer, self.isc if i > 0 else None, self.isc_detach)
 
     def forward_exit(self, i: int, h: SectionOutput, previous: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,7 +208,10 @@ class MultiExitNetwork(nn.Module):
         return self.exit_branch(i)(h, previous)
 
     def forward(self, x: torch.Tensor) -> ExitOutputs:
-        logits, features = [], []
+        """Every exit's logits and pooled features for ``x`` (no early exit); with gradient equilibrium (IMTA, Li et
+        al., ICCV 2019) the backward pass is rescaled, the forward unchanged."""
+        logits: list[torch.Tensor] = []
+        features: list[torch.Tensor] = []
         for i, section in enumerate(self.backbone.sections):
             x = section(x)
             branch = exit_input(x)

@@ -20,6 +20,7 @@ class ExitOutputs(NamedTuple):
 
 
 def ensemble_logits(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The element-wise mean of the given exits' logits."""
     return torch.stack(list(logits)).mean(0)
 
 

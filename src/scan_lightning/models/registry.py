@@ -16,6 +16,7 @@ def register_backbone(fn: BackboneBuilder) -> BackboneBuilder:
 
 
 def list_backbones() -> list[str]:
+    """Names of the registered backbone builders, sorted."""
     return sorted(_BACKBONES)
 
 

@@ -97,7 +97,7 @@ def cut_model(model: nn.Module, cut_points: Sequence[str], image_size: int = 224
     return SectionedBackbone(nn.ModuleList(sections), info)
 
 
-def _check_sequential(model: nn.Module, sections: list[nn.Module], last_cut: str, image_size: int) -> None:
+def _check_sequential(model: nn.Module, sections: Sequence[nn.Module], last_cut: str, image_size: int) -> None:
     """The chained sections must reproduce the model's own feature at the last cut (torch.fx extractor)."""
     from torchvision.models.feature_extraction import create_feature_extractor
 
@@ -129,12 +129,16 @@ def _first_conv_in_channels(section: nn.Module, in_channels: int, pretrained: bo
         for name, child in parent.named_children():
             if isinstance(child, nn.Conv2d):
                 if child.in_channels != in_channels:
-                    conv = nn.Conv2d(in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
-                                     child.dilation, child.groups, child.bias is not None)
+                    conv = nn.Conv2d(
+                        in_channels, child.out_channels,
+                        # torch types these attributes tuple[int, ...] but Conv2d's arguments as 2-tuples: a Conv2d's
+                        # own values always fit
+                        child.kernel_size, child.stride, child.padding, child.dilation,  # type: ignore[arg-type]
+                        child.groups, child.bias is not None)
                     if pretrained and in_channels == 1 and child.groups == 1:
                         with torch.no_grad():
                             conv.weight.copy_(child.weight.sum(1, keepdim=True))
-                            if child.bias is not None:
+                            if child.bias is not None and conv.bias is not None:   # both or neither
                                 conv.bias.copy_(child.bias)
                     setattr(parent, name, conv)
                 return

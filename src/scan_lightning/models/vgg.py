@@ -15,7 +15,9 @@ from scan_lightning.models.registry import register_backbone
 
 def _blocks(spec: list, in_channels: int, width: float) -> list[tuple[nn.Sequential, int]]:
     """Split a torchvision VGG spec into conv-BN-ReLU blocks, each ending with its max-pool."""
-    blocks, layers, channels = [], [], in_channels
+    blocks: list[tuple[nn.Sequential, int]] = []
+    layers: list[nn.Module] = []
+    channels = in_channels
     for v in spec:
         if v == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
@@ -29,6 +31,8 @@ def _blocks(spec: list, in_channels: int, width: float) -> list[tuple[nn.Sequent
 
 
 def build_vgg(spec: list, *, in_channels: int = 3, width: float = 1.0) -> SectionedBackbone:
+    """A VGG-BN backbone from a torchvision layer spec: four sections (blocks 1-2, 3, 4, 5), channels scaled by
+    ``width``, He-initialised."""
     if width <= 0:
         raise ValueError(f"width={width} must be > 0")
     b = _blocks(spec, in_channels, width)

@@ -15,6 +15,8 @@ from scan_lightning.models.registry import register_backbone
 
 def build_wide_resnet(depth: int, widen: int, *, stem: Stem = "cifar", in_channels: int = 3,
                       width: float = 1.0) -> SectionedBackbone:
+    """A CIFAR wide ResNet WRN-``depth``-``widen``: three stage sections of 16, 32 and 64 times ``widen`` channels
+    (scaled by ``width``), He-initialised."""
     if (depth - 2) % 6 or depth < 8:
         raise ValueError(f"depth={depth} must be 6n + 2 (e.g. 20, 44)")
     if widen < 1 or width <= 0:

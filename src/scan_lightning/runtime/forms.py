@@ -19,9 +19,9 @@ same rewritten parts, so both sides get the same treatment.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import nn
@@ -156,7 +156,7 @@ def replace_attention(branches: list[ExitBranch]) -> None:
             branch.attention = InPlaceAttention(branch.attention)
 
 
-def _is_patchify(m: nn.Module) -> bool:
+def _is_patchify(m: nn.Module) -> TypeGuard[nn.Conv2d]:
     return (type(m) is nn.Conv2d and m.kernel_size == m.stride and m.kernel_size != (1, 1) and m.groups == 1
             and m.padding == (0, 0) and m.dilation == (1, 1) and m.padding_mode == "zeros")
 
@@ -194,7 +194,7 @@ class DeployedNetwork(nn.Module):
             replace_patchify_convs(self)
         if self.options.channels_last:
             self.to(memory_format=torch.channels_last)
-        self._section_fns = list(self.sections)
+        self._section_fns: list[Callable[..., Any]] = list(self.sections)
         self._exit_fns = [lambda h, prev, b=b: b(h, prev)[0] for b in self.exits]
         self._deep_fn = lambda h: self.deep_head.fc(self.deep_head.features(exit_input(h)))
         if self.options.compile:

@@ -62,6 +62,7 @@ def build_module(cfg: DictConfig, teacher_model: dict | None = None) -> MultiExi
     # one image: Lightning's model summary then reports the network's FLOPs (twice its MACs) and layer sizes
     module.example_input_array = torch.zeros(1, *input_shape(cfg.data))
     if teacher_ckpt is not None:
+        assert module.teacher is not None   # built from teacher_model above
         module.teacher.load_state_dict(network_state(teacher_ckpt))
     if cfg.get("init_from"):   # a checkpoint, or a state_dict of the network or of its torchvision backbone
         new = load_matching(module.net, initial_weights(module.net, to_plain(cfg.model), cfg.init_from))
@@ -139,8 +140,8 @@ def check_monitors(callbacks: list, module: MultiExitModule) -> None:
 def final_checkpoint(trainer: pl.Trainer, out_dir: Path) -> str:
     """``last.ckpt`` when checkpointing ran; else (fast_dev_run, no checkpoint callback) the final weights, saved
     now so a later phase can start from them."""
-    cb = trainer.checkpoint_callback
-    last = Path(cb.dirpath) / "last.ckpt" if cb is not None and cb.dirpath else None
+    dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)   # ModelCheckpoint's (or another Checkpoint's)
+    last = Path(dirpath) / "last.ckpt" if dirpath else None
     if last is not None and last.is_file():
         return str(last)
     path = out_dir / "checkpoints" / "final.ckpt"
@@ -201,7 +202,7 @@ def report_exits(module: MultiExitModule, cfg: DictConfig, metrics: dict[str, fl
     """Log and save the per-exit test table (cumulative MACs, params, top-1); returns its rows."""
     shape = input_shape(cfg.data)
     costs = measure_costs(module.net, shape)
-    acc = {name: metrics.get(f"test/acc/{name}") for name in module.metric_names}
+    acc = {name: metrics[f"test/acc/{name}"] for name in module.metric_names if f"test/acc/{name}" in metrics}
     rows = exit_rows(costs, acc)
     log.info(render_exit_table(rows, f"Per-exit test results ({cfg.task_name})", costs.plain_macs))
     (out_dir / "exit_table.json").write_text(json.dumps({"rows": rows, "costs": costs.to_dict()}, indent=2))
@@ -209,5 +210,6 @@ def report_exits(module: MultiExitModule, cfg: DictConfig, metrics: dict[str, fl
 
 
 def save_resolved_config(cfg: DictConfig, out_dir: Path) -> None:
+    """Write ``cfg`` with every interpolation resolved to ``out_dir/config_resolved.yaml``, creating the folder."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -3,6 +3,7 @@ plain data."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeGuard
 
 import torch
 
@@ -22,7 +23,8 @@ def load_plain(path: str | Path) -> object:
                          f"scan_lightning checkpoint ({reason[:160]})") from None
 
 
-def is_module_checkpoint(checkpoint: object) -> bool:
+def is_module_checkpoint(checkpoint: object) -> TypeGuard[dict]:
+    """Whether loaded data is a module checkpoint: a dict with ``state_dict`` and ``hyper_parameters``."""
     return isinstance(checkpoint, dict) and "state_dict" in checkpoint and "hyper_parameters" in checkpoint
 
 
@@ -30,7 +32,7 @@ def read_checkpoint(path: str | Path) -> dict:
     """A module checkpoint, loaded as plain data (``weights_only=True``) on the CPU."""
     checkpoint = load_plain(path)
     missing = [k for k in ("state_dict", "hyper_parameters") if not isinstance(checkpoint, dict) or k not in checkpoint]
-    if missing:
+    if missing or not isinstance(checkpoint, dict):   # not a dict: both are missing
         raise ValueError(f"checkpoint {str(path)!r} is not a scan_lightning checkpoint (it has no {missing[0]!r}); "
                          f"use one written by python -m scan_lightning.train")
     return checkpoint

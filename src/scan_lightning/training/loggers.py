@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pytorch_lightning.loggers import CSVLogger as LightningCSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+if TYPE_CHECKING:
+    from lightning_fabric.loggers.csv_logs import _ExperimentWriter
 
 
 class _ContinuingWriter(ExperimentWriter):
@@ -37,7 +41,8 @@ class CSVLogger(LightningCSVLogger):
     """Lightning's CSV logger (same arguments, same files) that continues an existing ``metrics.csv``."""
 
     @property
-    def experiment(self) -> ExperimentWriter:
+    def experiment(self) -> _ExperimentWriter:
+        """The writer of ``metrics.csv``, made on first use; it continues an existing file instead of deleting it."""
         if self._experiment is None:
             self._experiment = _ContinuingWriter(log_dir=self.log_dir)
         return self._experiment

@@ -1,8 +1,9 @@
 """LightningModule glue: build network and loss from plain config, step, log per-exit metrics."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -88,11 +89,14 @@ class MultiExitModule(pl.LightningModule):
             module.eval()
 
     def train(self, mode: bool = True) -> MultiExitModule:
+        """Set training or eval mode as ``nn.Module.train`` does, keeping the teacher and the frozen BatchNorm layers in
+        eval."""
         super().train(mode)
         self._hold_frozen_in_eval()
         return self
 
     def on_train_epoch_start(self) -> None:  # Lightning restores per-module modes itself, without train()
+        """Put the teacher and the frozen BatchNorm layers back in eval mode."""
         self._hold_frozen_in_eval()
 
     def logged_metrics(self) -> set[str]:
@@ -103,24 +107,29 @@ class MultiExitModule(pl.LightningModule):
 
     @property
     def metric_names(self) -> list[str]:
-        """``exit1..exitK`` then ``ensemble``."""
+        """The names accuracies are logged under: ``exit1..exitK``, then ``ensemble``."""
         return exit_names(self.net.num_exits)
 
     def forward(self, x: torch.Tensor) -> ExitOutputs:
+        """Every exit's logits and features for ``x``."""
         return self.net(x)
 
     def on_train_start(self) -> None:   # the loops are restored by now
+        """On a resumed fit, on rank 0: loggers that can (``keep_rows_before``) drop the rows logged after the
+        checkpoint, which come again."""
         if self.trainer.ckpt_path and self.trainer.is_global_zero:   # resumed: rows after the checkpoint come again
             for logger in self.trainer.loggers:
                 if hasattr(logger, "keep_rows_before"):
                     logger.keep_rows_before(self.trainer.current_epoch, self.trainer.global_step)
 
     def on_fit_start(self) -> None:
+        """Log the objective and, when only some parameters train, how many tensors train and how many BatchNorm layers
+        are frozen."""
         log.info(f"objective: {self.criterion}")
         if self.trainable_names is not None:
             total = sum(1 for _ in self.net.parameters())
             log.info(f"trainable: {len(self.trainable_names)} of {total} parameter tensors "
-                     f"({self.hparams.trainable}); {len(self._frozen_norms)} BatchNorm layers frozen")
+                     f"({self.hparams['trainable']}); {len(self._frozen_norms)} BatchNorm layers frozen")
 
     def _shared_step(self, batch: Any, stage: str) -> torch.Tensor:
         x, y = batch
@@ -139,7 +148,8 @@ class MultiExitModule(pl.LightningModule):
                  batch_size=len(y))
         for name, value in terms.items():
             self.log(f"{stage}/loss/{name}", value, on_step=on_step, on_epoch=True, sync_dist=True, batch_size=len(y))
-        for metric, logits, name in zip(self.accuracy[f"{stage}_acc"], [*outputs.logits, outputs.ensemble], self.metric_names):
+        accuracies = cast(Iterable[MulticlassAccuracy], self.accuracy[f"{stage}_acc"])   # the ModuleList of __init__
+        for metric, logits, name in zip(accuracies, [*outputs.logits, outputs.ensemble], self.metric_names):
             metric(logits.detach(), y)
             self.log(f"{stage}/acc/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "ensemble")
         return total
@@ -155,16 +165,22 @@ class MultiExitModule(pl.LightningModule):
                 f"checkpoint is the last good one. Lower optim.optimizer.lr or check the data.")
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """Log a training batch's losses and per-exit and ensemble accuracies and return its total loss;
+        TrainingDiverged if that is not finite."""
         return self._shared_step(batch, "train")
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """Log a validation batch's losses and per-exit and ensemble accuracies."""
         self._shared_step(batch, "val")
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
+        """Log a test batch's losses and per-exit and ensemble accuracies."""
         self._shared_step(batch, "test")
 
     def configure_optimizers(self) -> Any:
-        optim = self.hparams.optim
+        """The optimiser over the trainable parameters and, when ``optim.scheduler`` is set, its scheduler stepped every
+        epoch."""
+        optim = self.hparams["optim"]
         trainable = [p for p in self.net.parameters() if p.requires_grad]
         optimizer = build(optim["optimizer"], key="optim.optimizer")(trainable)
         if not optim.get("scheduler"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -29,8 +30,8 @@ def phase_config(cfg: DictConfig, name: str, earlier: list[str], base_dir: Path)
     delta = cfg.phases[name]
     if delta is not None and not isinstance(delta, DictConfig):
         raise ConfigError(f"phases.{name} must be a mapping of config changes, got {delta!r}")
-    base = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "phases"])
-    phase = OmegaConf.merge(base, delta or {})
+    base = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "phases"])
+    phase = cast(DictConfig, OmegaConf.merge(base, delta or {}))   # merged onto a DictConfig: a DictConfig
     with open_dict(phase):
         phase.phases = None
         phase.paths.output_dir = str(base_dir / name)

@@ -6,10 +6,13 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    from hydra.conf import HydraConf
 
 
 class ConfigError(ValueError):
@@ -56,7 +59,7 @@ def _run_id(output_dir: str) -> str:
     return hashlib.sha1(str(Path(output_dir).resolve()).encode()).hexdigest()[:16]
 
 
-def _multirun_job() -> DictConfig | None:
+def _multirun_job() -> HydraConf | None:
     """The Hydra config of the multirun job this process runs (``-m``; a sweep); ``None`` for a single run or
     outside Hydra (tests, Python calls)."""
     from hydra.core.hydra_config import HydraConfig
@@ -86,6 +89,7 @@ def _sweep_tags(tags: Any) -> list[str]:
 
 
 def register_resolvers() -> None:
+    """Register the ``sl.*`` OmegaConf resolvers the configs use, skipping those already registered (run on import)."""
     if not OmegaConf.has_resolver("sl.one_minus"):
         OmegaConf.register_new_resolver("sl.one_minus", _one_minus)
     if not OmegaConf.has_resolver("sl.if"):

@@ -19,11 +19,13 @@ class RankZeroLogger(logging.LoggerAdapter):
     """A logger that speaks on the global rank-0 process only (every process under DDP imports the package)."""
 
     def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        """Log the record on the global rank-0 process; other processes drop it."""
         if getattr(rank_zero_only, "rank", 0) == 0:
             super().log(level, msg, *args, **kwargs)
 
 
 def get_logger(name: str) -> RankZeroLogger:
+    """A logger for ``name`` (a module's ``__name__``) that speaks on rank 0 only."""
     return RankZeroLogger(logging.getLogger(name), {})
 
 
@@ -31,7 +33,8 @@ def render(*renderables: Any, width: int = 120) -> str:
     """Rich tables and markup as plain text, for a log record."""
     from rich.console import Console
 
-    console = Console(file=io.StringIO(), width=width, force_terminal=False, color_system=None)
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, force_terminal=False, color_system=None)
     for r in renderables:
         console.print(r)
-    return console.file.getvalue().rstrip("\n")
+    return buffer.getvalue().rstrip("\n")

@@ -14,5 +14,6 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
         super().__init__(dirpath, filename)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """Save the checkpoint only for a signal: Lightning's SIGTERMException or a KeyboardInterrupt (SIGINT)."""
         if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
             super().on_exception(trainer, pl_module, exception)

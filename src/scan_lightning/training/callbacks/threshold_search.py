@@ -58,14 +58,15 @@ class ThresholdSearch(pl.Callback):
         super().__init__()
         self.search = resolve_baseline(SearchSettings.from_config(search))
         self.timing = TimingSettings.from_config(timing if timing is not None else {"enabled": False})
-        self.input_shape = tuple(input_shape)
+        channels, height, width = (int(d) for d in input_shape)
+        self.input_shape = (channels, height, width)
         self.result: PostFitResult | None = None
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Search, score, time; write the result and its figures; log it."""
-        if not trainer.is_global_zero or trainer.sanity_checking or trainer.datamodule is None:
+        dm = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning's data connector, not declared
+        if not trainer.is_global_zero or trainer.sanity_checking or dm is None:
             return
-        dm = trainer.datamodule
         dm.setup("test")
         path = result_path(trainer)
         val, test = ((dm.eval_dataloader("val"), dm.eval_dataloader("test")) if hasattr(dm, "eval_dataloader")

@@ -1,7 +1,7 @@
 """The W&B dashboard during fit: per-exit curves on the epoch axis, attention maps every N epochs."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import matplotlib.pyplot as plt
 import pytorch_lightning as pl
@@ -10,6 +10,9 @@ import torch
 from scan_lightning.models.attention_maps import attention_exits, attention_maps
 from scan_lightning.reporting.dashboard import define_exit_metrics, wandb_loggers
 from scan_lightning.reporting.plots import figure_attention_maps, run_title
+
+if TYPE_CHECKING:
+    from scan_lightning.training.module import MultiExitModule
 
 
 class WandbDashboard(pl.Callback):
@@ -40,19 +43,25 @@ class WandbDashboard(pl.Callback):
         return trainer.is_global_zero and bool(wandb_loggers(trainer.loggers))
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """At the start of fit, on rank 0 with a W&B logger: define the per-exit metrics against ``epoch``."""
         if stage == "fit" and self._active(trainer):
-            define_exit_metrics(trainer.loggers, pl_module.metric_names, list(pl_module.criterion.terms))
+            module = cast("MultiExitModule", pl_module)
+            define_exit_metrics(trainer.loggers, module.metric_names, list(module.criterion.terms))
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Keep the first ``attention_images`` images of the first validation batch, once, when attention maps are to be
+        logged."""
         if self.images is None and batch_idx == 0 and self.every and self._active(trainer):
             self.images = batch[0][: self.attention_images].detach().cpu()
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Every ``attention_every_n_epochs`` epochs: log the attention maps of the kept images to W&B (not in the
+        sanity check, not for networks without attention)."""
         due = self.every and (trainer.current_epoch + 1) % self.every == 0
         if not due or trainer.sanity_checking or self.images is None or not self._active(trainer):
             return
-        net = pl_module.net
+        net = cast("MultiExitModule", pl_module).net
         if not attention_exits(net):
             return
         was_training = net.training
