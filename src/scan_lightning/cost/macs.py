@@ -19,6 +19,7 @@ from torch.nn.modules.module import register_module_forward_hook
 from torch.utils.flop_counter import FlopCounterMode
 
 from scan_lightning.models.multi_exit import MultiExitNetwork, exit_input, plain_runs_every_exit
+from scan_lightning.utils.modes import eval_mode
 
 
 def exit_cost_vector(sections: torch.Tensor, branches: torch.Tensor, skipped: torch.Tensor | None = None
@@ -156,9 +157,7 @@ def measure_costs(net: MultiExitNetwork, input_shape: tuple[int, int, int], elem
     """Run one image of ``input_shape`` (C, H, W) through every section, attention module and head.
 
     ``elementwise``: count as the MSDNet/IMTA op counter does (see :func:`count_macs`)."""
-    was_training = net.training
-    net.eval()
-    try:
+    with eval_mode(net):
         device = next(net.parameters()).device
         h = torch.zeros(1, *input_shape, device=device)
         rows, cum_macs, cum_params, prefix_macs, logits = [], 0, 0, 0, None
@@ -179,5 +178,3 @@ def measure_costs(net: MultiExitNetwork, input_shape: tuple[int, int, int], elem
                                  s_p, a_p, h_p, cum_params))
         return CostTable(rows, tuple(input_shape), chained=net.isc is not None, 
                          plain_every_exit=plain_runs_every_exit(net.isc))
-    finally:
-        net.train(was_training)

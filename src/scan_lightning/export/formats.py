@@ -31,6 +31,7 @@ from scan_lightning.cost.macs import CostTable
 from scan_lightning.models.multi_exit import MultiExitNetwork
 from scan_lightning.policy.exit_policy import ExitPolicy
 from scan_lightning.runtime.forms import DeployedNetwork
+from scan_lightning.utils.modes import eval_mode
 
 Network = MultiExitNetwork | DeployedNetwork
 
@@ -252,9 +253,7 @@ def build_torchscript(net: Network, policy: ExitPolicy, costs: CostTable, freeze
     ``torch.jit.load`` if it helps on your machine.
     """
     meta = export_metadata(net, policy, costs, class_names)
-    was_training = net.training
-    net.eval()
-    try:
+    with eval_mode(net):
         device = next(net.parameters()).device
         example = torch.randn(EXAMPLE_BATCH, *costs.input_shape, generator=torch.Generator().manual_seed(0)).to(device)
         if _channels_last(net) and example.dim() == 4:
@@ -282,8 +281,6 @@ def build_torchscript(net: Network, policy: ExitPolicy, costs: CostTable, freeze
                 scripted = torch.jit.freeze(scripted, preserved_attrs=PRESERVED)
             if optimize:
                 scripted = _optimise(scripted, example)
-    finally:
-        net.train(was_training)
     return scripted, meta
 
 
@@ -383,9 +380,7 @@ def export_onnx(net: Network, policy: ExitPolicy, costs: CostTable, directory: s
     meta = export_metadata(net, policy, costs, class_names)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    was_training = net.training
-    net.eval()
-    try:
+    with eval_mode(net):
         device = next(net.parameters()).device
         example = torch.randn(EXAMPLE_BATCH, *costs.input_shape, generator=torch.Generator().manual_seed(0)).to(device)
         sections, exits, inputs, logits = _steps(net, example)
@@ -408,8 +403,6 @@ def export_onnx(net: Network, policy: ExitPolicy, costs: CostTable, directory: s
                              varargs=False)
                 exit_entries.append({"file": file, "inputs": exit_in, "outputs": ["logits"],
                                      "uses_previous": uses_previous})
-    finally:
-        net.train(was_training)
     manifest = {**meta, "format": "scan_lightning.onnx_early_exit", "exporter": exporter,
                 "sections": section_entries, "exits": exit_entries}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -16,6 +16,7 @@ from torch import nn
 from scan_lightning.models.backbone import SectionedBackbone, SectionInfo
 from scan_lightning.models.pretrained import cached_weights
 from scan_lightning.models.registry import register_backbone
+from scan_lightning.utils.modes import eval_mode
 
 
 def sequential_modules(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
@@ -101,17 +102,13 @@ def _check_sequential(model: nn.Module, sections: Sequence[nn.Module], last_cut:
     """The chained sections must reproduce the model's own feature at the last cut (torch.fx extractor)."""
     from torchvision.models.feature_extraction import create_feature_extractor
 
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         x = torch.randn(1, _in_channels(model), image_size, image_size, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             ref = create_feature_extractor(model, {last_cut: "out"})(x)["out"]
             out = x
             for s in sections:
                 out = s(out)
-    finally:
-        model.train(was)
     if out.shape != ref.shape or not torch.allclose(out, ref, atol=1e-4, rtol=1e-3):
         raise ValueError(f"the model's forward is not a plain sequence of its modules up to {last_cut!r}; "
                          "cut it where it is (e.g. at its stages), or register a builder for it")

@@ -40,7 +40,7 @@ def read_checkpoint(path: str | Path) -> dict:
 
 def network_state(checkpoint: dict) -> dict[str, torch.Tensor]:
     """The multi-exit network's weights (``net.*``) from a module checkpoint, prefix removed."""
-    return {k[4:]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    return {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:

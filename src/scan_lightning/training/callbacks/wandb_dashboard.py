@@ -10,6 +10,7 @@ import torch
 from scan_lightning.models.attention_maps import attention_exits, attention_maps
 from scan_lightning.reporting.dashboard import define_exit_metrics, wandb_loggers
 from scan_lightning.reporting.plots import figure_attention_maps, run_title
+from scan_lightning.utils.modes import eval_mode
 
 if TYPE_CHECKING:
     from scan_lightning.training.module import MultiExitModule
@@ -64,12 +65,8 @@ class WandbDashboard(pl.Callback):
         net = cast("MultiExitModule", pl_module).net
         if not attention_exits(net):
             return
-        was_training = net.training
-        net.eval()
-        try:
+        with eval_mode(net):
             maps = attention_maps(net, self.images.to(pl_module.device))
-        finally:
-            net.train(was_training)
         title = f"{run_title(pl_module.hparams.get('run_config'))} | epoch {trainer.current_epoch}".lstrip(" |")
         fig = figure_attention_maps(self.images, maps, title)
         for lg in wandb_loggers(trainer.loggers):
