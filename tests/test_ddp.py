@@ -31,9 +31,9 @@ def test_ddp_reports_each_test_image_once(ddp_run):
     metrics = summary["metrics"]
     # a single process evaluating the same checkpoint on the whole test set gives the same accuracies
     single = evaluate(compose_evaluate(f"ckpt_path={summary['checkpoint']}", "timing.enabled=false"))
-    for row in single["anytime"]:
-        assert 0.0 < row["accuracy"] < 1.0
-        assert metrics[f"test/acc/{row['exit']}"] == pytest.approx(row["accuracy"], abs=1e-6), row["exit"]
+    for row in single.anytime:
+        assert 0.0 < row.accuracy < 1.0
+        assert metrics[f"test/acc/{row.exit}"] == pytest.approx(row.accuracy, abs=1e-6), row.exit
     # the post-fit pass ran once, on rank 0, over the whole sets
     assert "test/dynamic/accuracy" in metrics
     assert "test/loss/total" in metrics

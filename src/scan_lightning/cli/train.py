@@ -16,8 +16,10 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from scan_lightning.cli.task import cli as run_cli
 from scan_lightning.cli.task import run_entry_point, task_wrapper
+from scan_lightning.evaluation.result import PostFitResult
 from scan_lightning.reporting.config_tree import print_config_tree
 from scan_lightning.reporting.dashboard import log_checkpoint, log_exit_table
+from scan_lightning.reporting.tables import render_dynamic_summary
 from scan_lightning.training.builders import (
     SUMMARY,
     check_same_run,
@@ -30,7 +32,7 @@ from scan_lightning.training.builders import (
     write_summary,
 )
 from scan_lightning.training.callbacks import InterruptCheckpoint, WandbDashboard
-from scan_lightning.training.callbacks.threshold_search import result_path
+from scan_lightning.training.callbacks.threshold_search import result_path, spawned_post_fit
 from scan_lightning.training.checkpoints import selected_checkpoint
 from scan_lightning.training.phases import run_phases
 from scan_lightning.utils.config import ConfigError, RunStopped, config_dir, to_plain
@@ -76,8 +78,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if not trainer.interrupted:
             raise
         raise interrupted(trainer, out_dir) from err
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}   # the post-fit search's included
     best = selected_checkpoint(trainer)
+    if trainer.is_global_zero and "test/dynamic/accuracy" in metrics and spawned_post_fit(trainer):
+        # ddp_spawn: the search ran (and logged) in a child process; this process's log gets its summary too
+        log.info(render_dynamic_summary(PostFitResult.load(result_path(trainer))))
     if cfg.get("test"):
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})

@@ -83,3 +83,9 @@ class ThresholdSearch(pl.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
             logger.save()
+
+
+def spawned_post_fit(trainer: pl.Trainer) -> bool:
+    """Did this trainer's post-fit search run in another process (``ddp_spawn``), so this one holds no result?"""
+    searches = [c for c in trainer.callbacks if isinstance(c, ThresholdSearch)]  # type: ignore[attr-defined]
+    return bool(searches) and all(c.result is None for c in searches)
