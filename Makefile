@@ -41,14 +41,14 @@ demo: setup data
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m mypy
-	$(PY) -m mkdocs build --strict --site-dir build/site
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir build/site
 	$(PY) -m pytest -q
 
 test-slow: setup data
 	$(PY) -m pytest -q -m slow
 
 docs: setup
-	$(PY) -m mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) build dist site src/*.egg-info

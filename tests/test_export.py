@@ -27,7 +27,7 @@ from scan_lightning.export.formats import (
 )
 from scan_lightning.models import MultiExitNetwork, build_backbone
 from scan_lightning.policy import ExitPolicy, exit_confidence
-from scan_lightning.runtime import EarlyExitPredictor
+from scan_lightning.runtime import EarlyExitRunner
 from scan_lightning.runtime.forms import fold_batchnorm
 from tests.helpers.compose import compose_export
 from tests.helpers.networks import small_msdnet
@@ -105,7 +105,7 @@ class Case:
         self.policy = ExitPolicy.create(thresholds, temperatures, fallback=fallback)
         self.skipped = self.policy.skipped_heads(chained=self.net.isc is not None)
         assert any(self.skipped) == (name in SWITCHED_OFF and fallback == "deepest" and self.net.isc is None)
-        predictor = EarlyExitPredictor(self.net, self.policy, self.costs)
+        predictor = EarlyExitRunner(self.net, self.policy, self.costs)
         self.batched = predictor(self.x)
         exits = self.batched.exit_index
         assert len(set(exits.tolist())) >= 3, exits.bincount()     # several exits are taken

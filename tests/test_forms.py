@@ -16,8 +16,8 @@ from scan_lightning.export import deploy
 from scan_lightning.models.heads import AttentionModule
 from scan_lightning.policy import ExitPolicy
 from scan_lightning.runtime import memory
+from scan_lightning.runtime.early_exit import EarlyExitRunner
 from scan_lightning.runtime.forms import DeployedNetwork, DeployOptions, InPlaceAttention, PatchMatmul, fold_batchnorm
-from scan_lightning.runtime.predictor import EarlyExitPredictor
 from tests.helpers.networks import scan_net, small_msdnet, small_net
 
 NETS = {"scan": scan_net, "scan_isc_linear": lambda: scan_net("linear"), "scan_isc_identity": lambda: scan_net("identity")}
@@ -157,7 +157,7 @@ def test_predictor_on_the_deployment_form_equals_compute_all_then_choose(batch, 
     conf = torch.stack([torch.softmax(lg, -1).max(-1).values for lg in logits])
     lo, hi = conf.min(1).values, conf.max(1).values
     thresholds = (lo + (hi - lo) * torch.rand(4, generator=g)).tolist()
-    predictor = EarlyExitPredictor(dep, ExitPolicy.create(thresholds, fallback="ensemble"), measure_costs(net, (3, 32, 32)))
+    predictor = EarlyExitRunner(dep, ExitPolicy.create(thresholds, fallback="ensemble"), measure_costs(net, (3, 32, 32)))
     got = [predictor(xb) for xb in x.split(batch)]
     exits = torch.cat([r.exit_index for r in got])
     fired = conf > torch.tensor(thresholds)[:, None]

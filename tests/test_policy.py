@@ -8,7 +8,7 @@ import pytest
 
 from scan_lightning.cost import measure_costs
 from scan_lightning.policy import ExitPolicy, check_thresholds
-from scan_lightning.runtime import EarlyExitPredictor
+from scan_lightning.runtime import EarlyExitRunner
 from tests.helpers.networks import small_net
 
 
@@ -20,7 +20,7 @@ from tests.helpers.networks import small_net
 def test_bad_thresholds(thresholds, needle):
     net = small_net()
     with pytest.raises(ValueError) as err:
-        EarlyExitPredictor(net, ExitPolicy.create(thresholds), measure_costs(net, (3, 32, 32)))
+        EarlyExitRunner(net, ExitPolicy.create(thresholds), measure_costs(net, (3, 32, 32)))
     assert needle in str(err.value)
 
 

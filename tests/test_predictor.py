@@ -1,4 +1,4 @@
-"""The real early-exit predictor and the user-facing Predictor. runtime/predictor.py: EarlyExitPredictor takes
+"""The real early-exit predictor and the user-facing Predictor. runtime/early_exit.py: EarlyExitRunner takes
 the same exits and answers as computing every exit and then choosing (Algorithm 1), at batch 1 and 64, with
 either fallback, and agrees with the evaluation on cached outputs. serving/predictor.py: scan_lightning.Predictor from a
 checkpoint (thresholds beside it, given, or from a budget) and from an export; predictions on tensors and
@@ -17,13 +17,13 @@ import scan_lightning
 from scan_lightning.cost import measure_costs
 from scan_lightning.export import deploy
 from scan_lightning.policy import ExitCache, ExitPolicy, evaluate_thresholds, exit_confidence
-from scan_lightning.runtime.predictor import EarlyExitPredictor
+from scan_lightning.runtime.early_exit import EarlyExitRunner
 from scan_lightning.training.module import MultiExitModule
 from tests.helpers.networks import scan_net, small_net
 from tests.helpers.references import compute_all_then_choose
 
 
-# --- EarlyExitPredictor (inference/predictor.py) ----------------------------------------------------------------
+# --- EarlyExitRunner (inference/predictor.py) ----------------------------------------------------------------
 @pytest.mark.parametrize("batch", [1, 64])
 @pytest.mark.parametrize("seed,fallback", [(0, "ensemble"), (1, "ensemble"), (2, "deepest"), (3, "deepest")])
 def test_predictor_equals_compute_all_then_choose(batch, seed, fallback):
@@ -36,7 +36,7 @@ def test_predictor_equals_compute_all_then_choose(batch, seed, fallback):
     # random thresholds inside each exit's confidence range, so every path (and the fallback) is taken
     lo, hi = conf.min(1).values, conf.max(1).values
     thresholds = (lo + (hi - lo) * torch.rand(4, generator=g)).tolist()
-    predictor = EarlyExitPredictor(net, ExitPolicy.create(thresholds, fallback=fallback), costs)
+    predictor = EarlyExitRunner(net, ExitPolicy.create(thresholds, fallback=fallback), costs)
     got = [predictor(xb) for xb in x.split(batch)]
     pred, exits = torch.cat([r.prediction for r in got]), torch.cat([r.exit_index for r in got])
     ref_pred, ref_exits = compute_all_then_choose(net, x, thresholds, fallback)
@@ -55,13 +55,13 @@ def test_predictor_agrees_with_cached_evaluation():
         cache = ExitCache(torch.stack(net(x).logits), y)
     thresholds = [0.5, 0.45, 0.6, 0.5]
     for fallback in ("ensemble", "deepest"):
-        res = EarlyExitPredictor(net, ExitPolicy.create(thresholds, fallback=fallback), costs)(x)
+        res = EarlyExitRunner(net, ExitPolicy.create(thresholds, fallback=fallback), costs)(x)
         sim = evaluate_thresholds(cache, ExitPolicy.create(thresholds, fallback=fallback), costs.exit_macs())
         assert sim.accuracy == pytest.approx((res.prediction == y).float().mean().item())
         assert sim.mean_macs == pytest.approx(res.macs.double().mean().item())
 
 
-def run_counting_exits(predictor: EarlyExitPredictor, x: torch.Tensor):
+def run_counting_exits(predictor: EarlyExitRunner, x: torch.Tensor):
     """The predictor's answers on ``x`` at batch 64 and 1, and how often each exit branch ran."""
     calls = [0] * predictor.net.num_exits
     hooks = [b.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
@@ -83,7 +83,7 @@ def test_an_exit_switched_off_is_not_run_and_not_charged():
         cache = ExitCache(torch.stack(net(x).logits), y)
     thresholds = [0.5, 1.0, 0.6, 0.5]
     off = ExitPolicy.create(thresholds, fallback="deepest")
-    batched, single, calls = run_counting_exits(EarlyExitPredictor(net, off, costs), x)
+    batched, single, calls = run_counting_exits(EarlyExitRunner(net, off, costs), x)
     assert calls[1] == 0 and min(calls[0], calls[2], calls[3]) > 0
     ref_pred, ref_exits = compute_all_then_choose(net, x, thresholds, "deepest")
     assert torch.equal(batched.exit_index, ref_exits) and torch.equal(batched.prediction, ref_pred)
@@ -95,14 +95,14 @@ def test_an_exit_switched_off_is_not_run_and_not_charged():
     sim = evaluate_thresholds(cache, off, costs.exit_macs(torch.tensor(off.skipped_heads(chained=False))))
     assert sim.mean_macs == pytest.approx(batched.macs.double().mean().item())
     # "never exit" with the deepest fallback is the plain network, to the MAC
-    never = EarlyExitPredictor(net, ExitPolicy.create([1.0] * 4, fallback="deepest"), costs)(x)
+    never = EarlyExitRunner(net, ExitPolicy.create([1.0] * 4, fallback="deepest"), costs)(x)
     assert torch.all(never.macs == costs.plain_macs) and torch.equal(never.prediction, net(x).logits[-1].argmax(-1))
     # the ensemble fallback reads every exit, and so does ISC: then nothing is skipped
-    _, _, calls = run_counting_exits(EarlyExitPredictor(net, ExitPolicy.create(thresholds), costs), x)
+    _, _, calls = run_counting_exits(EarlyExitRunner(net, ExitPolicy.create(thresholds), costs), x)
     assert calls[1] > 0
     isc = scan_net(isc="linear")
     isc_costs = measure_costs(isc, (3, 32, 32))
-    batched, _, calls = run_counting_exits(EarlyExitPredictor(isc, off, isc_costs), x)
+    batched, _, calls = run_counting_exits(EarlyExitRunner(isc, off, isc_costs), x)
     assert isc_costs.chained and calls[1] > 0
     assert torch.all(batched.macs == isc_costs.exit_macs()[batched.exit_index])
 
@@ -124,7 +124,7 @@ def test_predictor_from_checkpoint_really_exits_like_the_predictor(run):
     assert out.labels.shape == out.confidence.shape == out.exit_index.shape == out.macs.shape == (20,)
     assert len(out.batch_ms) == 3 and out.ms_per_image > 0
     net = MultiExitModule.load_from_checkpoint(ckpt, weights_only=True, map_location="cpu").net
-    ref = EarlyExitPredictor(deploy(net), predictor.policy, measure_costs(net, (3, 32, 32)))
+    ref = EarlyExitRunner(deploy(net), predictor.policy, measure_costs(net, (3, 32, 32)))
     expect = [ref(xb) for xb in x.split(8)]
     assert torch.equal(out.exit_index, torch.cat([r.exit_index for r in expect]))
     assert torch.equal(out.labels, torch.cat([r.prediction for r in expect]))

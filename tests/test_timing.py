@@ -10,8 +10,8 @@ from scan_lightning.cost import measure_costs
 from scan_lightning.cost.latency import LatencyTable
 from scan_lightning.export import deploy
 from scan_lightning.policy import ExitPolicy
+from scan_lightning.runtime.early_exit import EarlyExitRunner
 from scan_lightning.runtime.forms import DeployOptions
-from scan_lightning.runtime.predictor import EarlyExitPredictor
 from scan_lightning.runtime.settings import TimingSettings
 from scan_lightning.runtime.timing import SideTiming, measure_latency, measure_wall_clock, speed_phrase
 from tests.helpers.networks import scan_net
@@ -34,11 +34,11 @@ def test_wall_clock_reports_both_sides_and_percentiles():
     images, policy = torch.randn(8, 3, 32, 32) * 3, ExitPolicy.create([0.5] * 4)
     res = measure_wall_clock(dep, costs, policy, images, (1, 4), repeats=2)
     assert [r.batch_size for r in res] == [1, 4]
-    paid = EarlyExitPredictor(dep, policy, costs)(images).macs.double().mean().item()
+    paid = EarlyExitRunner(dep, policy, costs)(images).macs.double().mean().item()
     for r in res:
         d = r.to_dict()
         assert r.images == 8 and d["early_exit"]["call_p50_ms"] <= d["early_exit"]["call_p95_ms"]
-        assert r.wall_speedup == pytest.approx(r.full.ms_per_image / r.early_exit.ms_per_image)
+        assert r.wall_speedup == pytest.approx(r.plain.ms_per_image / r.early_exit.ms_per_image)
         assert r.mac_speedup == pytest.approx(costs.plain_macs / paid)   # the MACs the timed predictor paid
 
 

@@ -32,9 +32,9 @@ from scan_lightning.data.base import input_shape
 from scan_lightning.export import deploy
 from scan_lightning.models.outputs import exit_name
 from scan_lightning.policy import ExitCache, ExitPolicy, budget_proportions, budgeted_thresholds, genetic_search
+from scan_lightning.runtime.early_exit import EarlyExitRunner
 from scan_lightning.runtime.forms import DeployedNetwork, DeployOptions
 from scan_lightning.runtime.memory import retain_freed_memory
-from scan_lightning.runtime.predictor import EarlyExitPredictor
 from scan_lightning.runtime.timing import mac_phrase, measure_latency, speed_phrase, time_early_exit
 from scan_lightning.utils.config import build, config_dir
 
@@ -99,11 +99,11 @@ def sweep(name: str, form: str, net: DeployedNetwork, costs, images: torch.Tenso
     for p in (0.5, 1.0, 2.0):
         thresholds = budgeted_thresholds(conf, budget_proportions(p, net.num_exits))
         policy = ExitPolicy.create(thresholds.clamp(min=1e-6, max=1.0).tolist())  # inf (nobody exits) -> 1.0
-        predictor = EarlyExitPredictor(net, policy, costs)
+        predictor = EarlyExitRunner(net, policy, costs)
         for bs in (1, 256):
             r = time_early_exit(net, predictor, costs, images, bs, repeats)
             rows.append({"network": name, "form": form, "p": p, "thresholds": list(policy.thresholds), **r.to_dict()})
-            print(f"{name} [{form}] p={p:.1f} batch={bs:>3}: plain {r.full_ms_per_image:.3f} ms/img, early exit "
+            print(f"{name} [{form}] p={p:.1f} batch={bs:>3}: plain {r.plain_ms_per_image:.3f} ms/img, early exit "
                   f"{r.early_exit_ms_per_image:.3f} ms/img ({speed_phrase(r.wall_speedup)}), {mac_phrase(r.mac_speedup)}, "
                   f"wall/MAC {r.efficiency:.2f}", flush=True)
     return rows
@@ -119,7 +119,7 @@ def write_markdown(out: Path, meta: dict, rows: list[dict], profiles: list[dict]
               "speed-up (1.0: the MAC saving is all real).", "",
               "| network | form | p | batch | plain ms/img | early-exit ms/img | early-exit p50 / p95 ms per batch "
               "| early exit | MACs | wall / MAC |", "|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['network']} | {r['form']} | {r['p']:.1f} | {r['batch_size']} | {r['full_ms_per_image']:.3f} "
+    lines += [f"| {r['network']} | {r['form']} | {r['p']:.1f} | {r['batch_size']} | {r['plain_ms_per_image']:.3f} "
               f"| {r['early_exit_ms_per_image']:.3f} | {r['early_exit']['call_p50_ms']:.2f} / "
               f"{r['early_exit']['call_p95_ms']:.2f} | {speed_phrase(r['wall_speedup'])} | {mac_phrase(r['mac_speedup'])} "
               f"| {r['efficiency']:.2f} |" for r in rows]

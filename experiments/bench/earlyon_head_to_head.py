@@ -561,14 +561,14 @@ def time_scan(net, policy, costs, images: torch.Tensor, rivals: list[Side] = (),
     """OUR side's deployment forms and their timing, interleaved with ``rivals`` on the same ``images``.
 
     THIS is the one function to edit when our deployment form changes. Now: ``inference.deploy.deploy``
-    (BatchNorm folded, patchify convs as GEMMs, channels-last) with the batch-compacting ``EarlyExitPredictor``
+    (BatchNorm folded, patchify convs as GEMMs, channels-last) with the batch-compacting ``EarlyExitRunner``
     (eager PyTorch), and, where onnxruntime is installed, the same parts on onnxruntime driven by the same
     predictor. Both are timed in the same interleaved run; ``"scan"`` reports the faster form at each batch size
     (images/s at 256, p50 at 1), as earlyon's best of its eager wrapper and ``StagedModel`` is reported.
     """
     from scan_lightning.export import deploy
+    from scan_lightning.runtime.early_exit import EarlyExitRunner
     from scan_lightning.runtime.forms import DeployOptions
-    from scan_lightning.runtime.predictor import EarlyExitPredictor
 
     forms = {"scan_torch": DeployOptions.default()}
     try:
@@ -578,7 +578,7 @@ def time_scan(net, policy, costs, images: torch.Tensor, rivals: list[Side] = (),
         pass
     ours = []
     for name, options in forms.items():
-        predictor = EarlyExitPredictor(deploy(net, options, costs), policy, costs)
+        predictor = EarlyExitRunner(deploy(net, options, costs), policy, costs)
         ours.append(Side(name, batch256=lambda x, p=predictor: p(x).prediction,
                          batch1=lambda x, p=predictor: p(x).prediction))
     result = interleaved_timing([*ours, *rivals], images, settings or DEFAULT_TIMING)
@@ -589,7 +589,7 @@ def time_scan(net, policy, costs, images: torch.Tensor, rivals: list[Side] = (),
     batch1_keys = [k for k in result[fast1] if k.startswith(("p50", "p95", "mean_ms", "pred_single", "latency"))]
     result["scan"] = {**result[fast256], **{k: result[fast1][k] for k in batch1_keys},
                       "deployment": f"batch 256: {label[fast256]}; batch 1: {label[fast1]} "
-                                    f"(both forms timed, the faster shown; EarlyExitPredictor with batch compaction)"}
+                                    f"(both forms timed, the faster shown; EarlyExitRunner with batch compaction)"}
     return result
 
 

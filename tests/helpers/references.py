@@ -9,7 +9,7 @@ import torch
 
 from scan_lightning.cost import measure_costs
 from scan_lightning.policy import ExitPolicy, exit_confidence
-from scan_lightning.runtime import EarlyExitPredictor
+from scan_lightning.runtime import EarlyExitRunner
 
 
 def hand_kl(student: torch.Tensor, teacher: torch.Tensor, t: float) -> float:
@@ -47,7 +47,7 @@ def assert_predictor_matches_median_thresholds(net, x: torch.Tensor) -> None:
     with torch.no_grad():
         conf = torch.stack([exit_confidence(lg)[0] for lg in net(x).logits])
     thresholds = conf.median(1).values.tolist()
-    result = EarlyExitPredictor(net, ExitPolicy.create(thresholds), measure_costs(net, tuple(x.shape[1:])))(x)
+    result = EarlyExitRunner(net, ExitPolicy.create(thresholds), measure_costs(net, tuple(x.shape[1:])))(x)
     pred, exits = compute_all_then_choose(net, x, thresholds)
     assert torch.equal(result.exit_index, exits) and torch.equal(result.prediction, pred)
     assert len(set(exits.tolist())) >= 2

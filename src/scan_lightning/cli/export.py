@@ -69,10 +69,10 @@ def _check(fmt: str, output: Path, net, policy, costs) -> dict[str, Any]:
     """Load the artefact as a user would and compare it with the eager predictor on random images."""
     import torch
 
-    from scan_lightning.runtime.predictor import EarlyExitPredictor
+    from scan_lightning.runtime.early_exit import EarlyExitRunner
 
     x = torch.randn(CHECK_BATCH, *costs.input_shape, generator=torch.Generator().manual_seed(0))
-    want = EarlyExitPredictor(net, policy, costs)(x)
+    want = EarlyExitRunner(net, policy, costs)(x)
     if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)   # torch 2.9+: "torch.jit.load is deprecated"

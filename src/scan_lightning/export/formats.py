@@ -5,7 +5,7 @@ takes and returns ``list[Tensor]``, the maps of a multi-scale network or one ten
 list and the previous exit's logits, used only with ISC), and a scripted wrapper walks them with batch
 compaction: after each exit only the undecided samples run the next section, so a batch of one simply
 stops. ``forward(x)`` returns ``(prediction, exit_index, macs, confidence)`` like
-:class:`~scan_lightning.runtime.predictor.EarlyExitPredictor`; ``torch.jit.load`` alone runs it.
+:class:`~scan_lightning.runtime.early_exit.EarlyExitRunner`; ``torch.jit.load`` alone runs it.
 
 ONNX: one graph per section and per exit (batch axis dynamic) and ``manifest.json``; the runner
 :class:`~scan_lightning.export.onnx_runner.OnnxEarlyExit` walks them the same way on onnxruntime.
@@ -165,7 +165,7 @@ def _close(a: Sequence[Tensor] | Tensor, b: Sequence[Tensor] | Tensor) -> bool:
 
 # --- TorchScript ----------------------------------------------------------------------------------------
 class ScriptedEarlyExit(nn.Module):
-    """Sections and exits (traced) walked with batch compaction, as ``EarlyExitPredictor`` does.
+    """Sections and exits (traced) walked with batch compaction, as ``EarlyExitRunner`` does.
 
     ``forward(x)`` -> ``(prediction, exit_index, macs, confidence)``: class per sample, exit taken (0..K-1, K =
     fallback), MACs paid (float64) and the answer's max softmax (at its exit's temperature; the fallback's at 1).

@@ -47,7 +47,7 @@ def max_softmax(logits: np.ndarray, temperature: float = 1.0) -> tuple[np.ndarra
 
 
 class OnnxEarlyExit:
-    """``OnnxEarlyExit(directory)(x)`` -> :class:`OnnxEarlyExitResult`, exiting early like ``EarlyExitPredictor``.
+    """``OnnxEarlyExit(directory)(x)`` -> :class:`OnnxEarlyExitResult`, exiting early like ``EarlyExitRunner``.
 
     ``providers``: onnxruntime execution providers (default: CPU). ``threads``: intra-op threads (default:
     onnxruntime's). ``spinning=False``: idle worker threads sleep rather than spin. ``thresholds``: replace the exported policy's thresholds (one per exit, in (0, 1]).

@@ -1,7 +1,7 @@
 """The deployment form on onnxruntime: every section and exit exported to ONNX, run by ORT sessions.
 
 It offers the interface of :class:`~scan_lightning.runtime.forms.DeployedNetwork` (``prepare``, ``section``,
-``exit``, ``deep``, ``plain``, ``all_exits``), so the same :class:`EarlyExitPredictor` routing (compaction,
+``exit``, ``deep``, ``plain``, ``all_exits``), so the same :class:`EarlyExitRunner` routing (compaction,
 fallback) and the same timing code drive it; tensors cross to and from ORT without copies. At batch 1 it
 removes most of eager PyTorch's per-layer overhead. Needs the ``deploy`` extra (onnx, onnxruntime).
 """

@@ -10,3 +10,7 @@ from scan_lightning.runtime import *  # noqa: F403
 
 warnings.warn("scan_lightning.inference is deprecated; import from scan_lightning.cost, .policy, .runtime or .export",
               DeprecationWarning, stacklevel=2)
+
+# the old names of two runtime objects
+from scan_lightning.runtime import EarlyExitRunner as EarlyExitPredictor  # noqa: E402, F401
+from scan_lightning.runtime import plain_network as full_network  # noqa: E402, F401

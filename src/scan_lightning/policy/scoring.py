@@ -32,7 +32,7 @@ class DynamicResult:
 
 def evaluate_thresholds(cache: ExitCache, policy: ExitPolicy, exit_macs: torch.Tensor,
                         exit_ms: torch.Tensor | None = None) -> DynamicResult:
-    """What :class:`EarlyExitPredictor` would give under ``policy``, from cached logits. ``exit_macs`` (and
+    """What :class:`EarlyExitRunner` would give under ``policy``, from cached logits. ``exit_macs`` (and
     ``exit_ms``, a latency table's per-image time): (K + 1,) costs of leaving at each exit, then the fallback."""
     policy.for_exits(cache.num_exits)
     chosen = choose_exits(cache.confidence(policy.temperatures), torch.as_tensor(policy.thresholds, dtype=torch.float32))

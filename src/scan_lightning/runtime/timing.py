@@ -21,7 +21,7 @@ from scan_lightning.cost.macs import CostTable
 from scan_lightning.models.multi_exit import SectionOutput, plain_runs_every_exit
 from scan_lightning.policy.exit_policy import ExitPolicy
 from scan_lightning.runtime.backend import Backend, run_plain
-from scan_lightning.runtime.predictor import EarlyExitPredictor
+from scan_lightning.runtime.early_exit import EarlyExitRunner
 
 
 def speed_phrase(ratio: float) -> str:
@@ -113,14 +113,14 @@ class TimingResult:
     batch_size: int
     images: int
     device: str
-    full: SideTiming
+    plain: SideTiming
     early_exit: SideTiming
     mac_speedup: float      # plain-network MACs / mean honest MACs of the early-exit run, same images
 
     @property
     def wall_speedup(self) -> float:
         """Plain network's ms per image / early exit's (> 1: early exit is faster)."""
-        return self.full.ms_per_image / self.early_exit.ms_per_image
+        return self.plain.ms_per_image / self.early_exit.ms_per_image
 
     @property
     def efficiency(self) -> float:
@@ -128,9 +128,9 @@ class TimingResult:
         return self.wall_speedup / self.mac_speedup
 
     @property
-    def full_ms_per_image(self) -> float:
+    def plain_ms_per_image(self) -> float:
         """The plain network's ms per image (median pass)."""
-        return self.full.ms_per_image
+        return self.plain.ms_per_image
 
     @property
     def early_exit_ms_per_image(self) -> float:
@@ -140,9 +140,9 @@ class TimingResult:
     def to_dict(self) -> dict:
         """JSON layout, derived figures included."""
         return {"batch_size": self.batch_size, "images": self.images, "device": self.device,
-                "full": {**asdict(self.full), "images_per_s": self.full.images_per_s},
+                "plain": {**asdict(self.plain), "images_per_s": self.plain.images_per_s},
                 "early_exit": {**asdict(self.early_exit), "images_per_s": self.early_exit.images_per_s},
-                "full_ms_per_image": self.full_ms_per_image, "early_exit_ms_per_image": self.early_exit_ms_per_image,
+                "plain_ms_per_image": self.plain_ms_per_image, "early_exit_ms_per_image": self.early_exit_ms_per_image,
                 "wall_speedup": self.wall_speedup, "mac_speedup": self.mac_speedup, "efficiency": self.efficiency}
 
     @classmethod
@@ -151,28 +151,29 @@ class TimingResult:
         def side(d: Mapping[str, Any]) -> SideTiming:
             return SideTiming(**{k: float(d[k]) for k in SideTiming.__dataclass_fields__})
 
-        return cls(int(data["batch_size"]), int(data["images"]), str(data["device"]), side(data["full"]),
+        plain = data["plain"] if "plain" in data else data["full"]     # "full": files written before 0.2
+        return cls(int(data["batch_size"]), int(data["images"]), str(data["device"]), side(plain),
                    side(data["early_exit"]), float(data["mac_speedup"]))
 
 
 @torch.inference_mode()
-def time_early_exit(net: Backend, predictor: EarlyExitPredictor, costs: CostTable, images: torch.Tensor,
+def time_early_exit(net: Backend, predictor: EarlyExitRunner, costs: CostTable, images: torch.Tensor,
                     batch_size: int, repeats: int = 5) -> TimingResult:
     """Time the plain network and the early-exit predictor over ``images`` in batches of ``batch_size``."""
     device = net.device
     batches = list(images.to(device).split(batch_size))
     n = images.shape[0]
-    full, early = interleaved_calls([functools.partial(run_plain, net), predictor], batches, repeats,
+    plain, early = interleaved_calls([functools.partial(run_plain, net), predictor], batches, repeats,
                                    Stopwatch(device))
     macs = torch.cat([predictor(x).macs for x in batches]).double().mean().item()
-    return TimingResult(batch_size, n, str(device), SideTiming.from_calls(full, n), SideTiming.from_calls(early, n),
+    return TimingResult(batch_size, n, str(device), SideTiming.from_calls(plain, n), SideTiming.from_calls(early, n),
                         costs.plain_macs / macs)
 
 
 def measure_wall_clock(net: Backend, costs: CostTable, policy: ExitPolicy, images: torch.Tensor,
                        batch_sizes: Iterable[int] = (1, 256), repeats: int = 5) -> list[TimingResult]:
     """:func:`time_early_exit` at each batch size, the predictor at ``policy``, both sides in ``net``'s form."""
-    predictor = EarlyExitPredictor(net, policy, costs)
+    predictor = EarlyExitRunner(net, policy, costs)
     return [time_early_exit(net, predictor, costs, images, int(bs), int(repeats)) for bs in batch_sizes]
 
 

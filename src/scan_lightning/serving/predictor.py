@@ -23,8 +23,8 @@ from scan_lightning.evaluation.analysis import pick_budget
 from scan_lightning.evaluation.result import PostFitResult
 from scan_lightning.export import deploy
 from scan_lightning.policy.exit_policy import ExitPolicy, model_identity, resolve_policy
+from scan_lightning.runtime.early_exit import EarlyExitResult, EarlyExitRunner
 from scan_lightning.runtime.forms import DeployOptions
-from scan_lightning.runtime.predictor import EarlyExitPredictor, EarlyExitResult
 from scan_lightning.runtime.timing import Stopwatch
 
 
@@ -110,7 +110,7 @@ class Predictor:
         deployed = deploy(net, deploy_options, costs)
 
         def rebuild(p: ExitPolicy) -> Runner:
-            return EarlyExitPredictor(deployed, p, costs)
+            return EarlyExitRunner(deployed, p, costs)
 
         return cls(rebuild(policy), policy, shape, device, data.get("class_names"), saved, rebuild)
 

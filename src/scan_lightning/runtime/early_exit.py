@@ -29,7 +29,7 @@ class EarlyExitResult:
     confidence: torch.Tensor   # (N,) max softmax of the answer (at its exit's temperature; the fallback's at 1)
 
 
-class EarlyExitPredictor:
+class EarlyExitRunner:
     """Runs only what each sample needs, as ``policy`` decides; ``costs`` gives the MACs a sample paid at its exit.
 
     ``net``: a :class:`MultiExitNetwork` (run as it is) or any :class:`~scan_lightning.runtime.backend.Backend`
@@ -80,7 +80,7 @@ class EarlyExitPredictor:
         return EarlyExitResult(prediction, exit_index, self.exit_macs.to(device)[exit_index], confidence)
 
 
-def full_network(net: MultiExitNetwork | Backend, x: torch.Tensor) -> torch.Tensor:
+def plain_network(net: MultiExitNetwork | Backend, x: torch.Tensor) -> torch.Tensor:
     """The plain network's logits: every section plus the deep head, no shallow exits (see
     :func:`~scan_lightning.models.multi_exit.plain_runs_every_exit`)."""
     return run_plain(as_deployed(net), x)
