@@ -24,7 +24,7 @@ from omegaconf import open_dict
 
 from scan_lightning.cli.task import hydra_error_message, run_entry_point
 from scan_lightning.cli.train import train
-from scan_lightning.utils.config import config_dir
+from scan_lightning.utils.defaults import config_dir
 
 BASE = ["data=synthetic", "model.backbone.width=0.125", "model.bottleneck_width=8", "trainer.fast_dev_run=true",
         "logger=none", "timing.enabled=false"]

@@ -21,7 +21,7 @@ def test_evaluate_reuses_the_saved_thresholds(short_run, tmp_path):
     result = short_run.result
     assert saved.policy == result.policy and saved.search is None          # scored, not searched again
     assert saved.test.accuracy == pytest.approx(result.test.accuracy)
-    assert saved.costs == result.costs                                     # the costs the result holds, measured once
+    assert saved.costs == result.costs                                     # the same network, the same cost table
     assert PostFitResult.load(tmp_path / "result.json") == saved            # output= writes the same result
 
 
@@ -45,3 +45,19 @@ def test_cli_evaluate_rejects_a_missing_checkpoint(tmp_path):
                           cwd=tmp_path, env={**os.environ, "SCAN_ROOT": str(tmp_path)}, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 2 and "nope.ckpt does not exist" in proc.stderr
+
+
+def test_evaluate_searches_again_when_asked(short_run):
+    fresh = evaluate(compose_evaluate(f"ckpt_path={short_run.ckpt}", "policy.thresholds=search", "search.ga.generations=3",
+                                      "search.budget_steps=4", "timing.enabled=false"))
+    assert fresh.search is not None and fresh.search.settings["generations"] == 3 and len(fresh.budgeted) == 4
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (("policy.thresholds=[0.9,0.9,0.9,0.9]", "policy.thresholds_path=x.json"), "either policy.thresholds or"),
+    (("policy.thresholds=search", "policy.temperatures=[2,2,2,2]"), "takes no policy.temperatures"),
+    (("policy.thresholds=fast",), "must be a list with one value per exit or search"),
+])
+def test_a_bad_policy_node_is_one_clear_error_before_the_checkpoint_is_read(tmp_path, overrides, needle):
+    with pytest.raises(ValueError, match=needle):   # the checkpoint does not even exist: nothing was read
+        evaluate(compose_evaluate(f"ckpt_path={tmp_path / 'never_read.ckpt'}", *overrides))

@@ -95,7 +95,7 @@ def fake_mallopt(monkeypatch):
 
 
 def test_retain_memory_tunes_malloc_once(fake_mallopt):
-    deploy(small_net(), DeployOptions.default(retain_memory=False))
+    deploy(small_net(), DeployOptions(retain_memory=False))
     assert fake_mallopt.calls == []
     deploy(small_net())
     deploy(small_net())

@@ -125,3 +125,18 @@ def test_the_cycle_finder_finds_a_cycle_hidden_in_a_function():
     graph["scan_lightning.policy.cache"].add("scan_lightning.evaluation.pipeline")   # evaluation reaches policy
     found = cycles(graph)
     assert any("scan_lightning.policy.cache" in c and "scan_lightning.evaluation.pipeline" in c for c in found)
+
+
+@pytest.mark.parametrize("package", NO_TRAINING_FRAMEWORK)
+def test_the_network_its_costs_policy_and_deployment_need_no_training_framework(package):
+    """Followed through every project module they import (utils included), these packages reach no
+    pytorch_lightning, lightning or hydra import (``export/__main__.py``, the command, aside)."""
+    graph = import_graph()
+    seen, todo = set(), [m for m, p in MODULES.items() if top_package(m) == package and p.name != "__main__.py"]
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo += graph[m]
+    reached = {m: sorted(i for i in imported_modules(MODULES[m]) if i.split(".")[0] in FRAMEWORKS) for m in seen}
+    assert not {m: v for m, v in reached.items() if v}

@@ -23,7 +23,7 @@ from tests.helpers.networks import scan_net, small_net
 from tests.helpers.references import compute_all_then_choose
 
 
-# --- EarlyExitRunner (inference/predictor.py) ----------------------------------------------------------------
+# --- EarlyExitRunner (runtime/early_exit.py) ----------------------------------------------------------------
 @pytest.mark.parametrize("batch", [1, 64])
 @pytest.mark.parametrize("seed,fallback", [(0, "ensemble"), (1, "ensemble"), (2, "deepest"), (3, "deepest")])
 def test_predictor_equals_compute_all_then_choose(batch, seed, fallback):
@@ -45,6 +45,27 @@ def test_predictor_equals_compute_all_then_choose(batch, seed, fallback):
     torch.testing.assert_close(macs, costs.exit_macs()[ref_exits])
     if batch == 64:
         assert len(set(exits.tolist())) >= 2
+
+
+@pytest.mark.parametrize("fallback", ["ensemble", "deepest"])
+def test_a_batch_compacted_down_to_one_sample_takes_the_one_sample_path_correctly(fallback):
+    """Two samples, exit 1's threshold between their confidences: one leaves there, the other goes on alone (the
+    loop's one-sample branch) to wherever compute-all-then-choose sends it."""
+    net = small_net()
+    costs = measure_costs(net, (3, 32, 32))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5)) * 3
+    with torch.no_grad():
+        conf = torch.stack([exit_confidence(lg)[0] for lg in net(x).logits])
+    first = conf[0].mean().item()                                   # between the two samples' exit-1 confidences
+    for later in ([1.0, 1.0, 1.0], [conf[1:, :].min().item() / 2] * 3):   # the other sample: fallback, or exit 2
+        thresholds = [first, *later]
+        policy = ExitPolicy.create(thresholds, fallback=fallback)
+        got = EarlyExitRunner(net, policy, costs)(x)
+        ref_pred, ref_exits = compute_all_then_choose(net, x, thresholds, fallback)
+        assert sorted(got.exit_index.tolist())[0] == 0 and torch.equal(got.exit_index, ref_exits)
+        assert torch.equal(got.prediction, ref_pred)
+        skipped = torch.tensor(policy.skipped_heads(chained=False))   # switched-off exits are neither run nor charged
+        torch.testing.assert_close(got.macs, costs.exit_macs(skipped)[ref_exits])
 
 
 def test_predictor_agrees_with_cached_evaluation():
@@ -107,7 +128,7 @@ def test_an_exit_switched_off_is_not_run_and_not_charged():
     assert torch.all(batched.macs == isc_costs.exit_macs()[batched.exit_index])
 
 
-# --- scan_lightning.Predictor (serving.py) --------------------------------------------------------------------
+# --- scan_lightning.Predictor (serving/predictor.py) --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def run(short_run) -> tuple[Path, Path]:
     """The session's trained checkpoint (``short_run``) and the thresholds.json its post-fit search wrote."""

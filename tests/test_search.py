@@ -122,6 +122,7 @@ def test_ga_baseline_read_from_a_baseline_run_is_its_selected_validation_accurac
     ("search.fallback=best", "fallback='best'"),
     ("search.ga.population=1", "search.ga.population=1 is out of range"),
     ("search.ga.baseline=fastest", "search.ga.baseline='fastest'"),
+    ("search.ga.baseline=./no_such_run", "no finished run there"),
 ])
 def test_bad_search_settings_stop_before_training(make_cfg, override, needle):
     cfg = make_cfg("data=synthetic", override)

@@ -30,3 +30,17 @@ def test_post_fit_search_logs_dynamic_and_wall_clock_metrics(short_run):
     for w in result.wall_clock:
         assert short_run.metrics[f"test/wall/speedup_batch{w.batch_size}"] == pytest.approx(w.wall_speedup)
     assert short_run.metrics["test/dynamic/accuracy"] == pytest.approx(result.test.accuracy)
+
+
+def test_a_result_written_before_the_redesign_still_loads(short_run):
+    """Files of the earlier layout: the wall clock's baseline under "full", no plain_every_exit, no "model"."""
+    old = short_run.thresholds
+    for w in old["wall_clock"]:
+        w["full"] = w.pop("plain")
+        w["full_ms_per_image"] = w.pop("plain_ms_per_image")
+    old["costs"].pop("plain_every_exit")
+    old["latency"].pop("plain_every_exit")
+    old.pop("model")
+    result = PostFitResult.from_json(old)
+    assert result.policy == short_run.result.policy and result.wall_clock == short_run.result.wall_clock
+    assert result.costs == short_run.result.costs

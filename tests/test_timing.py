@@ -63,7 +63,7 @@ def test_bad_deploy_and_timing_settings_are_one_clear_error():
     with pytest.raises(ValueError, match=r"timing has unknown keys \['image'\]"):
         TimingSettings.from_config({"image": 5})
     with pytest.raises(ValueError, match="compile and onnxruntime exclude each other"):
-        DeployOptions.default(compile=True, onnxruntime=True)
+        DeployOptions(compile=True, onnxruntime=True)
 
 
 def test_settings_defaults_come_from_the_yaml():
@@ -71,7 +71,7 @@ def test_settings_defaults_come_from_the_yaml():
     from omegaconf import OmegaConf
 
     from scan_lightning.policy.settings import SearchSettings
-    from scan_lightning.utils.config import config_dir
+    from scan_lightning.utils.defaults import config_dir
 
     timing_yaml = OmegaConf.load(config_dir() / "timing" / "default.yaml")
     timing = TimingSettings.from_config({"images": 7})

@@ -36,7 +36,8 @@ from scan_lightning.runtime.early_exit import EarlyExitRunner
 from scan_lightning.runtime.forms import DeployedNetwork, DeployOptions
 from scan_lightning.runtime.memory import retain_freed_memory
 from scan_lightning.runtime.timing import mac_phrase, measure_latency, speed_phrase, time_early_exit
-from scan_lightning.utils.config import build, config_dir
+from scan_lightning.utils.config import build
+from scan_lightning.utils.defaults import config_dir
 
 NETWORKS = {  # name: (overrides, images per batch size, timed passes)
     "quickstart resnet18_cpu @ fashion_mnist": (["model=resnet18_cpu", "data=fashion_mnist"], 1024, 5),
@@ -148,11 +149,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     nets = {args.ckpt: ("ckpt", 1024, 5)} if args.ckpt else NETWORKS
-    forms = {"deploy": DeployOptions.default()} if args.no_eager else {"eager": None, "deploy": DeployOptions.default()}
+    forms = {"deploy": DeployOptions()} if args.no_eager else {"eager": None, "deploy": DeployOptions()}
     if args.compile:
-        forms["deploy+compile"] = DeployOptions.default(compile=True)
+        forms["deploy+compile"] = DeployOptions(compile=True)
     if args.onnxruntime:
-        forms["deploy+onnxruntime"] = DeployOptions.default(onnxruntime=True)
+        forms["deploy+onnxruntime"] = DeployOptions(onnxruntime=True)
     if any(o is not None and o.retain_memory for o in forms.values()):
         retain_freed_memory()     # process-wide: on from the start, so every form and network runs with it
     rows, profiles, meta_nets = [], [], {}

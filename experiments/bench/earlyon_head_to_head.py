@@ -79,7 +79,7 @@ def compose_scan_config(lr: float = 0.05, epochs: int = 2, seed: int = 0, train_
     """Our Hydra config for the SCAN ResNet18 on Fashion-MNIST, with this benchmark's overrides."""
     from hydra import compose, initialize_config_dir
 
-    from scan_lightning.utils.config import config_dir
+    from scan_lightning.utils.defaults import config_dir
 
     overrides = ["model=resnet18", "data=fashion_mnist", "loss=scan_code", "logger=none", "callbacks=none",
                  f"optim.optimizer.lr={lr}", f"trainer.max_epochs={epochs}", f"seed={seed}",
@@ -560,7 +560,7 @@ def time_scan(net, policy, costs, images: torch.Tensor, rivals: list[Side] = (),
               ) -> dict[str, dict]:
     """OUR side's deployment forms and their timing, interleaved with ``rivals`` on the same ``images``.
 
-    THIS is the one function to edit when our deployment form changes. Now: ``inference.deploy.deploy``
+    THIS is the one function to edit when our deployment form changes. Now: ``scan_lightning.export.deploy``
     (BatchNorm folded, patchify convs as GEMMs, channels-last) with the batch-compacting ``EarlyExitRunner``
     (eager PyTorch), and, where onnxruntime is installed, the same parts on onnxruntime driven by the same
     predictor. Both are timed in the same interleaved run; ``"scan"`` reports the faster form at each batch size
@@ -570,10 +570,10 @@ def time_scan(net, policy, costs, images: torch.Tensor, rivals: list[Side] = (),
     from scan_lightning.runtime.early_exit import EarlyExitRunner
     from scan_lightning.runtime.forms import DeployOptions
 
-    forms = {"scan_torch": DeployOptions.default()}
+    forms = {"scan_torch": DeployOptions()}
     try:
         import onnxruntime  # noqa: F401
-        forms["scan_onnxruntime"] = DeployOptions.default(onnxruntime=True)
+        forms["scan_onnxruntime"] = DeployOptions(onnxruntime=True)
     except ImportError:
         pass
     ours = []

@@ -40,7 +40,7 @@ def child(side: str, repeats: int) -> dict:
     torch.manual_seed(0)
     net, shape = config_net(["model=resnet18", "data=cifar100"])
     costs = measure_costs(net, shape)
-    deployed = deploy(net, DeployOptions.default(retain_memory=side == "retained"), costs)
+    deployed = deploy(net, DeployOptions(retain_memory=side == "retained"), costs)
     applied = side == "retained" and retain_freed_memory()
     table = measure_latency(deployed, torch.randn(256, *shape), batch_size=256, repeats=repeats)
     parts = {}

@@ -122,7 +122,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     net, shape = config_net(["model=msdnet_cifar_anytime", "data=cifar100"])
-    ref = deploy(net, DeployOptions.default())
+    ref = deploy(net, DeployOptions())
     folded = copy.deepcopy(net).eval()
     buffered = []
     for section in folded.backbone.sections:

@@ -26,7 +26,7 @@ from hydra import compose, initialize_config_dir
 
 from scan_lightning.cost.macs import measure_costs
 from scan_lightning.training.builders import build_module
-from scan_lightning.utils.config import config_dir
+from scan_lightning.utils.defaults import config_dir
 
 VARIANTS = {"plain": ["model.exit_after=[4]", "loss=single", "~loss.terms.ce"], "scan": []}
 

@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-from scan_lightning.utils.config import config_dir
+from scan_lightning.utils.defaults import config_dir
 
 CONF = config_dir()
 

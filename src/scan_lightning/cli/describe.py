@@ -14,7 +14,8 @@ from scan_lightning.cost.macs import CostTable, count_params, measure_costs
 from scan_lightning.data.base import input_shape
 from scan_lightning.reporting.tables import exit_rows, render_exit_table
 from scan_lightning.training.builders import fill_from_data
-from scan_lightning.utils.config import build, config_dir
+from scan_lightning.utils.config import build
+from scan_lightning.utils.defaults import config_dir
 from scan_lightning.utils.logs import get_logger
 
 log = get_logger(__name__)

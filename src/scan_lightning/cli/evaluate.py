@@ -20,7 +20,7 @@ from scan_lightning.cli.task import run_entry_point, task_wrapper
 from scan_lightning.data.base import input_shape
 from scan_lightning.evaluation.pipeline import run_post_fit
 from scan_lightning.evaluation.result import PostFitResult
-from scan_lightning.policy.exit_policy import model_identity, resolve_policy
+from scan_lightning.policy.exit_policy import check_policy_spec, model_identity, resolve_policy
 from scan_lightning.policy.settings import SearchSettings
 from scan_lightning.reporting.dashboard import log_exit_table, log_post_fit
 from scan_lightning.reporting.plots import run_title
@@ -29,7 +29,8 @@ from scan_lightning.runtime.settings import TimingSettings
 from scan_lightning.training.builders import build_group
 from scan_lightning.training.checkpoints import resolve_baseline
 from scan_lightning.training.module import load_module
-from scan_lightning.utils.config import build, config_dir, to_plain
+from scan_lightning.utils.config import build, to_plain
+from scan_lightning.utils.defaults import config_dir
 from scan_lightning.utils.logs import get_logger
 
 log = get_logger(__name__)
@@ -42,6 +43,7 @@ def evaluate(cfg: DictConfig) -> PostFitResult:
     search = resolve_baseline(SearchSettings.from_config(to_plain(cfg.search)))
     timing = TimingSettings.from_config(to_plain(cfg.timing))
     policy_cfg = to_plain(cfg.policy)
+    check_policy_spec(policy_cfg, allow_search=True)
     loggers = build_group(cfg.get("logger"))
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.is_file():

@@ -1,7 +1,7 @@
 """Export a checkpoint for deployment: ``python -m scan_lightning.export ckpt_path=... format=torchscript|onnx`` (Hydra).
 
 The network in deployment form (``form``: ``deploy(net)`` by default, or BN folded only), its exit policy
-(``thresholds.json`` beside the checkpoint, ``thresholds_path`` or given ``thresholds``) and its cost table
+(``thresholds.json`` beside the checkpoint, ``policy.thresholds_path`` or given ``policy.thresholds``) and its cost table
 go into one TorchScript file whose forward really exits early, or into an ONNX directory (one graph per section and per exit, ``manifest.json``) that
 ``scan_lightning.export.onnx_runner.OnnxEarlyExit`` runs on onnxruntime. Neither needs the project's
 config to run.
@@ -19,7 +19,9 @@ from omegaconf import DictConfig
 from scan_lightning.cli.task import cli as run_cli
 from scan_lightning.cli.task import run_entry_point, task_wrapper
 from scan_lightning.data.base import input_shape
-from scan_lightning.utils.config import config_dir, to_plain
+from scan_lightning.policy.exit_policy import check_policy_spec
+from scan_lightning.utils.config import to_plain
+from scan_lightning.utils.defaults import config_dir
 from scan_lightning.utils.logs import get_logger
 
 log = get_logger(__name__)
@@ -53,12 +55,7 @@ def check_export_config(cfg: DictConfig) -> None:
         missing = _missing("onnx", *(["onnxscript"] if exporter == "dynamo" else []))
         if missing:
             raise ValueError(f"format=onnx needs {', '.join(missing)}: pip install 'scan_lightning[deploy]'")
-    policy = cfg.get("policy") or {}
-    path = policy.get("thresholds_path")
-    if policy.get("thresholds") is not None and path:
-        raise ValueError("give either policy.thresholds or policy.thresholds_path, not both")
-    if path and not Path(path).is_file():
-        raise FileNotFoundError(f"policy.thresholds_path={path} does not exist")
+    check_policy_spec(to_plain(cfg.policy))
 
 
 def _default_output(ckpt: Path, fmt: str) -> Path:
@@ -108,7 +105,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
                             model=model_identity(net, shape))
     costs = measure_costs(net, shape)
     form = cfg.get("form", "deploy")
-    exported = (DeployedNetwork(net, DeployOptions.default(compile=False, onnxruntime=False)) if form == "deploy"
+    exported = (DeployedNetwork(net, DeployOptions(compile=False, onnxruntime=False)) if form == "deploy"
                 else fold_batchnorm(net) if form == "fold_batchnorm" else net)
     fmt = cfg.format
     output = Path(cfg.output) if cfg.get("output") else _default_output(ckpt, fmt)

@@ -35,7 +35,8 @@ from scan_lightning.training.callbacks import InterruptCheckpoint, WandbDashboar
 from scan_lightning.training.callbacks.threshold_search import result_path, spawned_post_fit
 from scan_lightning.training.checkpoints import selected_checkpoint
 from scan_lightning.training.phases import run_phases
-from scan_lightning.utils.config import ConfigError, RunStopped, config_dir, to_plain
+from scan_lightning.utils.config import ConfigError, RunStopped, to_plain
+from scan_lightning.utils.defaults import config_dir
 from scan_lightning.utils.logs import get_logger
 
 __all__ = ["ConfigError", "main", "swept_metric", "train", "train_for_sweep"]

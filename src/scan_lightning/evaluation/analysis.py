@@ -63,11 +63,10 @@ def stage_score(scorer: Scorer, cache: ExitCache, policy: ExitPolicy) -> StageSc
                       ensemble_accuracy=acc[-1].item())
 
 
-def score_policy(val: ExitCache, test: ExitCache, costs: CostTable, policy: ExitPolicy, budget_steps: int,
+def score_policy(val: ExitCache, test: ExitCache, costs: CostTable, policy: ExitPolicy, *, budget_steps: int,
                  latency: LatencyTable | None = None) -> PostFitResult:
     """Accuracy, costs, speed-ups and exit mix of ``policy`` on ``val`` and ``test``; anytime and budgeted
     curves alongside."""
-    policy = policy.for_exits(val.num_exits)
     scorer = Scorer(costs, latency)
     return PostFitResult(policy=policy, costs=costs, latency=latency, val=stage_score(scorer, val, policy),
                          test=stage_score(scorer, test, policy), anytime=anytime(test, costs, latency),
@@ -104,7 +103,7 @@ def search_and_score(val: ExitCache, test: ExitCache, costs: CostTable, settings
     ga = genetic_search(search_val, exit_costs, reference_cost=reference, ga=settings.ga, fallback=fallback,
                         temperatures=temperatures)
     policy = ExitPolicy.create(ga.thresholds, temperatures, fallback)
-    result = score_policy(search_val, test, costs, policy, settings.budget_steps, latency)
+    result = score_policy(search_val, test, costs, policy, budget_steps=settings.budget_steps, latency=latency)
     record = SearchRecord(settings.cost, ga.fitness, ga.best_per_generation, settings.ga.to_dict())
     return dataclasses.replace(result, search=record, calibration=calibration)
 

@@ -54,7 +54,8 @@ def run_post_fit(net: MultiExitNetwork, val_batches: Iterable, test_batches: Ite
         if policy is None:
             result = search_and_score(val, test, costs, search, latency)
         else:
-            result = score_policy(val, test, costs, policy.for_exits(net.num_exits), search.budget_steps, latency)
+            result = score_policy(val, test, costs, policy.for_exits(net.num_exits), budget_steps=search.budget_steps,
+                                  latency=latency)
         result = dataclasses.replace(result, model=model_identity(net, input_shape),
                                      deploy=timing.deploy if deployed is not None else None)
         if timing.enabled:

@@ -15,7 +15,7 @@ def deploy(net: MultiExitNetwork, options: DeployOptions | None = None, costs: C
     With ``options.onnxruntime`` the parts run on onnxruntime (an ``OrtNetwork``; ``costs`` gives the input
     shape to export with); otherwise a :class:`DeployedNetwork`.
     """
-    options = options or DeployOptions.default()
+    options = options or DeployOptions()
     if not options.onnxruntime:
         return DeployedNetwork(net, options)
     if costs is None:

@@ -168,7 +168,7 @@ class ExitPolicy:
         for key, value in (model or {}).items():
             if key in saved and saved[key] != value:
                 raise ValueError(f"{path} was searched for another model ({key} {saved[key]}; this model: {value}); "
-                                 f"search thresholds for this one (evaluate thresholds=search)")
+                                 f"search thresholds for this one (python -m scan_lightning.evaluate ... policy.thresholds=search)")
         return cls.from_dict(data, num_exits, source=str(path))
 
 
@@ -179,6 +179,28 @@ def model_identity(net: Any, input_shape: Sequence[int]) -> dict[str, Any]:
 
 
 POLICY_KEYS = ("thresholds", "temperatures", "fallback", "thresholds_path")
+
+
+def check_policy_spec(spec: Mapping[str, Any], allow_search: bool = False) -> None:
+    """One clear error for a bad ``policy`` config node, before any checkpoint is read: unknown keys, thresholds
+    together with a thresholds_path, a path that does not exist, thresholds that are not a list (``search``, a fresh
+    search, where ``allow_search``; it takes no other policy key)."""
+    unknown = sorted(set(spec) - set(POLICY_KEYS))
+    if unknown:
+        raise ValueError(f"policy has unknown keys {unknown}; allowed: {list(POLICY_KEYS)}")
+    thresholds, path = spec.get("thresholds"), spec.get("thresholds_path")
+    if allow_search and thresholds == "search":
+        extra = [k for k in ("thresholds_path", "temperatures") if spec.get(k) is not None]
+        if extra:
+            raise ValueError(f"policy.thresholds=search searches a new policy; it takes no policy.{extra[0]}")
+        return
+    if thresholds is not None and path:
+        raise ValueError("give either policy.thresholds or policy.thresholds_path, not both")
+    if thresholds is not None and (isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence)):
+        allowed = " or search" if allow_search else ""
+        raise ValueError(f"policy.thresholds={thresholds!r} must be a list with one value per exit{allowed}")
+    if path and not Path(path).is_file():
+        raise FileNotFoundError(f"policy.thresholds_path={path} does not exist")
 
 
 @overload
@@ -198,19 +220,11 @@ def resolve_policy(num_exits: int, ckpt: str | Path, spec: Mapping[str, Any] | N
     ``thresholds_path``, else the ``thresholds.json`` beside ``ckpt``. ``None`` when nothing is saved and the policy
     is not ``required``. ``model`` (:func:`model_identity`): a saved file searched for another model is refused."""
     spec = dict(spec or {})
-    unknown = sorted(set(spec) - set(POLICY_KEYS))
-    if unknown:
-        raise ValueError(f"policy has unknown keys {unknown}; allowed: {list(POLICY_KEYS)}")
+    check_policy_spec(spec)
     thresholds, thresholds_path = spec.get("thresholds"), spec.get("thresholds_path")
-    if thresholds is not None and thresholds_path:
-        raise ValueError("give either policy.thresholds or policy.thresholds_path, not both")
     if thresholds is not None:
-        if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence):
-            raise ValueError(f"policy.thresholds={thresholds!r} must be a list with one value per exit")
         return ExitPolicy.create(thresholds, spec.get("temperatures"), spec.get("fallback") or "ensemble", num_exits)
     if thresholds_path:
-        if not Path(thresholds_path).is_file():
-            raise FileNotFoundError(f"policy.thresholds_path={thresholds_path} does not exist")
         return ExitPolicy.load(thresholds_path, num_exits, model)
     beside = Path(ckpt).parent / "thresholds.json"
     if beside.is_file():

@@ -11,15 +11,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from scan_lightning.policy.exit_policy import check_fallback
-from scan_lightning.utils.config import group_defaults, merged
+from scan_lightning.utils.defaults import group_defaults, merged
 
 BASELINES = ("deepest", "ensemble")
 COSTS = ("macs", "latency")
 
 
 def is_run_dir(baseline: object) -> bool:
-    """Does ``search.ga.baseline`` name a baseline run directory (a path), to be read before the search?"""
-    return isinstance(baseline, str) and baseline not in BASELINES and ("/" in baseline or baseline.startswith("."))
+    """Does ``search.ga.baseline`` name a baseline run directory (a path, not a number), to be read before the
+    search?"""
+    if not isinstance(baseline, str) or baseline in BASELINES:
+        return False
+    try:
+        float(baseline)
+        return False
+    except ValueError:
+        return "/" in baseline or baseline.startswith(".")
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,7 @@ class GASettings:
     mutation_rate: float
     elite: int
     seed: int
+    baseline_from: str | None = None   # the baseline run whose accuracy ``baseline`` is, once it was read
 
     def __post_init__(self) -> None:
         baseline = self.baseline
@@ -111,14 +119,14 @@ class SearchSettings:
         except TypeError as err:
             raise ValueError(f"search settings: {err}") from None
 
-    def with_baseline(self, accuracy: float) -> SearchSettings:
-        """These settings with the GA baseline given as an accuracy (a baseline run's, read by the caller)."""
-        return dataclasses.replace(self, ga=dataclasses.replace(self.ga, baseline=float(accuracy)))
+    def with_baseline(self, accuracy: float, run: str) -> SearchSettings:
+        """These settings with the GA baseline given as the accuracy the caller read from baseline ``run``."""
+        return dataclasses.replace(self, ga=dataclasses.replace(self.ga, baseline=float(accuracy), baseline_from=run))
 
 
 def _number(value: Any, key: str) -> Any:
     """GA settings are numbers except the baseline; integers where the GA counts."""
-    if key == "baseline":
+    if key in ("baseline", "baseline_from"):
         return value
     if key in ("bits", "population", "generations", "elite", "seed"):
         if isinstance(value, bool) or float(value) != int(float(value)):

@@ -32,23 +32,25 @@ from scan_lightning.models.heads import AttentionModule
 from scan_lightning.models.multi_exit import ExitBranch, MultiExitNetwork, SectionOutput, exit_input
 from scan_lightning.runtime.backend import Backend, run_all_exits, run_plain
 from scan_lightning.runtime.memory import retain_freed_memory
-from scan_lightning.utils.config import group_defaults, merged
+from scan_lightning.utils.defaults import group_defaults, merged
+
+_DEFAULTS: dict[str, bool] = group_defaults("timing")["deploy"]
 
 
 @dataclass(frozen=True)
 class DeployOptions:
-    """Which rewrites the deployment form applies; :meth:`default` is ``timing.deploy`` of
-    ``conf/timing/default.yaml`` (all on but ``compile``, which costs ~10-60 s per part up front, and
-    ``onnxruntime``, an optional extra). ``retain_memory`` is process-wide (it tunes malloc), so the plain
+    """Which rewrites the deployment form applies; the defaults are ``timing.deploy`` of
+    ``conf/timing/default.yaml``, their one home (all on but ``compile``, which costs ~10-60 s per part up front,
+    and ``onnxruntime``, an optional extra). ``retain_memory`` is process-wide (it tunes malloc), so the plain
     network timed beside the early-exit one runs with it as well."""
 
-    fold_batchnorm: bool
-    in_place_attention: bool
-    patch_matmul: bool
-    channels_last: bool
-    compile: bool
-    onnxruntime: bool
-    retain_memory: bool
+    fold_batchnorm: bool = _DEFAULTS["fold_batchnorm"]
+    in_place_attention: bool = _DEFAULTS["in_place_attention"]
+    patch_matmul: bool = _DEFAULTS["patch_matmul"]
+    channels_last: bool = _DEFAULTS["channels_last"]
+    compile: bool = _DEFAULTS["compile"]
+    onnxruntime: bool = _DEFAULTS["onnxruntime"]
+    retain_memory: bool = _DEFAULTS["retain_memory"]
 
     def __post_init__(self) -> None:
         not_bool = {k: v for k, v in asdict(self).items() if not isinstance(v, bool)}
@@ -61,11 +63,6 @@ class DeployOptions:
     def from_config(cls, cfg: Mapping[str, Any] | None = None) -> DeployOptions:
         """From a ``timing.deploy`` node; what it leaves out comes from ``conf/timing/default.yaml``."""
         return cls(**merged(group_defaults("timing")["deploy"], cfg, "timing.deploy"))
-
-    @classmethod
-    def default(cls, **changes: bool) -> DeployOptions:
-        """The default deployment form, with ``changes``."""
-        return cls.from_config(changes)
 
     @classmethod
     def off(cls) -> DeployOptions:

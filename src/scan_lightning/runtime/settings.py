@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scan_lightning.runtime.forms import DeployOptions
-from scan_lightning.utils.config import group_defaults, merged
+from scan_lightning.utils.defaults import group_defaults, merged
 
 
 @dataclass(frozen=True)

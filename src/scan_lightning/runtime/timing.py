@@ -151,7 +151,7 @@ class TimingResult:
         def side(d: Mapping[str, Any]) -> SideTiming:
             return SideTiming(**{k: float(d[k]) for k in SideTiming.__dataclass_fields__})
 
-        plain = data["plain"] if "plain" in data else data["full"]     # "full": files written before 0.2
+        plain = data["plain"] if "plain" in data else data["full"]     # "full": files written before the redesign
         return cls(int(data["batch_size"]), int(data["images"]), str(data["device"]), side(plain),
                    side(data["early_exit"]), float(data["mac_speedup"]))
 

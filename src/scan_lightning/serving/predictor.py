@@ -95,17 +95,19 @@ class Predictor:
         data = module.hparams.run_config.get("data", {}) if module.hparams.run_config else {}
         shape = (data["in_channels"], data["image_size"], data["image_size"])
         saved_path = Path(thresholds) if isinstance(thresholds, (str, Path)) else path.parent / "thresholds.json"
-        saved = saved_result(saved_path)
         if budget_macs is not None or budget_ms is not None:
-            if saved is None:
+            if not saved_path.is_file():
                 raise FileNotFoundError(f"a budget needs the saved budgeted curve in {saved_path}")
-            policy = pick_budget(saved, budget_macs, budget_ms).for_exits(net.num_exits)
+            result = PostFitResult.load(saved_path)    # one clear error when it holds no budgeted curve
+            policy = pick_budget(result, budget_macs, budget_ms).for_exits(net.num_exits)
+            saved: PostFitResult | None = result
         else:
             spec = {"thresholds_path": str(thresholds)} if isinstance(thresholds, (str, Path)) else \
                 {"thresholds": thresholds}
             policy = resolve_policy(net.num_exits, path, spec, model=model_identity(net, shape))
+            saved = saved_result(saved_path)
         if deploy_options is None:
-            deploy_options = saved.deploy if saved is not None and saved.deploy else DeployOptions.default()
+            deploy_options = saved.deploy if saved is not None and saved.deploy else DeployOptions()
         costs = measure_costs(net, shape)
         deployed = deploy(net, deploy_options, costs)
 
@@ -161,12 +163,13 @@ class Predictor:
 
 
 def saved_result(path: Path) -> PostFitResult | None:
-    """The post-fit result saved at ``path`` (``thresholds.json``); ``None`` when there is none or the file holds a
-    policy alone (thresholds, temperatures, fallback)."""
-    if not path.is_file():
+    """The post-fit result saved at ``path`` (``thresholds.json``), for its deployment form and budgeted curve;
+    ``None`` when there is none, or the file holds a policy alone or no readable result (the policy was given or
+    read, with its own checks, before)."""
+    try:
+        return PostFitResult.load(path) if path.is_file() else None
+    except ValueError:
         return None
-    data = json.loads(path.read_text())
-    return PostFitResult.from_json(data, source=str(path)) if isinstance(data, dict) and "budgeted" in data else None
 
 
 def load_export(path: str | Path, device: str | torch.device = "cpu") -> tuple[Runner, dict]:

@@ -103,4 +103,4 @@ def resolve_baseline(settings: SearchSettings) -> SearchSettings:
     """The search settings with a GA baseline that names a run directory read as that run's selected validation
     accuracy (SCAN's rule: the plain baseline network's accuracy), so the search itself loads no checkpoint."""
     run = settings.ga.baseline_run
-    return settings if run is None else settings.with_baseline(selected_val_accuracy(run))
+    return settings if run is None else settings.with_baseline(selected_val_accuracy(run), run)

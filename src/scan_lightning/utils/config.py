@@ -1,10 +1,7 @@
 """Where the Hydra configs are, the resolvers they use, and the one helper every object is built with."""
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,18 +21,6 @@ class RunStopped(RuntimeError):
     ``exit_code`` (3; 128 + the signal number for signals)."""
 
     exit_code = 3
-
-
-def config_dir() -> Path:
-    """The ``conf/`` folder: inside the installed package (wheel), else the repository root (clone, editable)."""
-    package = Path(__file__).resolve().parents[1]      # src/scan_lightning (clone) or site-packages/scan_lightning
-    packaged = package / "conf"
-    if (packaged / "train.yaml").is_file():
-        return packaged
-    repo = package.parents[1] / "conf"
-    if (repo / "train.yaml").is_file():
-        return repo
-    raise FileNotFoundError(f"scan_lightning configs not found in {packaged} or {repo}")
 
 
 def _one_minus(alpha: float) -> float:
@@ -117,37 +102,3 @@ def to_plain(cfg: DictConfig) -> dict[str, Any]:
 
 
 register_resolvers()
-
-
-@functools.cache
-def _group_defaults(group: str, option: str) -> str:
-    node = OmegaConf.load(config_dir() / group / f"{option}.yaml")
-    root = OmegaConf.create({"seed": 0, "node": node})          # ${seed} outside a run: 0
-    return json.dumps(OmegaConf.to_container(root.node, resolve=True))
-
-
-def group_defaults(group: str, option: str = "default") -> dict[str, Any]:
-    """A config group's option (``conf/<group>/<option>.yaml``) as plain data, the one home of its defaults; an
-    interpolated ``${seed}`` reads 0 outside a run."""
-    return json.loads(_group_defaults(group, option))
-
-
-def check_keys(given: Mapping[str, Any], allowed: Mapping[str, Any], where: str) -> None:
-    """One clear error for keys of ``given`` that ``allowed`` does not have."""
-    unknown = sorted(set(given) - set(allowed))
-    if unknown:
-        raise ValueError(f"{where} has unknown keys {unknown}; allowed: {sorted(allowed)}")
-
-
-def merged(defaults: Mapping[str, Any], given: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
-    """``given`` over ``defaults``, one level of nested mappings deep, unknown keys refused."""
-    given = dict(given or {})
-    check_keys(given, defaults, where)
-    out = dict(defaults)
-    for key, value in given.items():
-        if isinstance(defaults[key], Mapping) and isinstance(value, Mapping):
-            check_keys(value, defaults[key], f"{where}.{key}")
-            out[key] = {**defaults[key], **value}
-        else:
-            out[key] = value
-    return out
