@@ -33,7 +33,7 @@ def test_wheel_carries_every_config(installed):
 
 def test_installed_copy_composes_without_the_repo(installed, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(installed)}
-    code = ("import scan_lightning, scan_lightning.utils.config as c; print(scan_lightning.__file__); print(c.config_dir())")
+    code = ("import scan_lightning, scan_lightning.utils.defaults as c; print(scan_lightning.__file__); print(c.config_dir())")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          check=True).stdout.split()
     assert out[0].startswith(str(installed)) and out[1] == str(installed / "scan_lightning" / "conf")
