@@ -12,7 +12,7 @@ from typing import Any
 from scan_lightning.cost.latency import LatencyTable
 from scan_lightning.cost.macs import CostTable
 from scan_lightning.models.outputs import exit_name, exit_names
-from scan_lightning.policy.exit_policy import ExitPolicy
+from scan_lightning.policy.exit_policy import ExitPolicy, read_json_object
 from scan_lightning.policy.scoring import Score
 from scan_lightning.runtime.forms import DeployOptions
 from scan_lightning.runtime.timing import TimingResult
@@ -194,10 +194,4 @@ class PostFitResult:
     def load(cls, path: str | Path) -> PostFitResult:
         """Read a ``thresholds.json`` written by :meth:`save`."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} does not hold a post-fit result (a JSON object)")
-        return cls.from_json(data, source=str(path))
+        return cls.from_json(read_json_object(path, "a post-fit result (a JSON object)"), source=str(path))

@@ -79,6 +79,18 @@ def choose_exits(confidence: torch.Tensor, thresholds: torch.Tensor) -> torch.Te
     return chosen if thresholds.dim() == 2 else chosen[0]
 
 
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in ``path`` (a ``thresholds.json``); one clear error naming the file when it is not valid JSON
+    or holds no object (``what`` it should hold)."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold {what}")
+    return data
+
+
 @dataclass(frozen=True)
 class ExitPolicy:
     """Thresholds in (0, 1] and temperatures > 0, one per exit, and the fallback; valid once made."""
@@ -158,12 +170,7 @@ class ExitPolicy:
         """From a ``thresholds.json``, checked against a network with ``num_exits`` exits and, when the file
         records the model it was searched for (:func:`model_identity`), against ``model``."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err})") from err
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} does not hold an exit policy (a JSON object with 'thresholds')")
+        data = read_json_object(path, "an exit policy (a JSON object with 'thresholds')")
         saved = data.get("model") or {}
         for key, value in (model or {}).items():
             if key in saved and saved[key] != value:
