@@ -123,4 +123,4 @@ def pick_budget(result: PostFitResult, macs: float | None = None, ms: float | No
         cheapest = min(cost for cost, _ in rows)
         raise ValueError(f"budget {budget:g} is below the cheapest budgeted point ({cheapest:g} {unit} per image)")
     _, best = max(fitting, key=lambda pair: (pair[0], pair[1].val_accuracy))
-    return ExitPolicy.create(best.thresholds, result.policy.temperatures, result.policy.fallback)
+    return result.policy.with_thresholds(best.thresholds)

@@ -8,7 +8,8 @@ import torch
 from rich.progress import track
 
 from scan_lightning.models.multi_exit import MultiExitNetwork
-from scan_lightning.policy.exit_policy import check_fallback, exit_confidence
+from scan_lightning.policy.exit_policy import ExitPolicy, check_fallback, exit_confidence
+from scan_lightning.policy.rules import ExitRule, rule_outputs
 from scan_lightning.utils.modes import eval_mode
 
 
@@ -38,6 +39,19 @@ class ExitCache:
         check_fallback(fallback)
         correct = self.correct()
         return correct if fallback == "ensemble" else torch.cat([correct[:-1], correct[-2:-1]])
+
+    def decisions(self, rule: ExitRule | ExitPolicy | None = None, temperatures: Sequence[float] | None = None,
+                  fallback: str = "ensemble") -> tuple[torch.Tensor, torch.Tensor]:
+        """What an exit rule sees and gives on these outputs: ``(K, N)`` scores, and ``(K + 1, N)``: is the rule's
+        prediction right at each exit (a running ensemble predicts the ensemble's class), then the ``fallback``'s.
+        A policy brings its own rule, temperatures and fallback."""
+        if isinstance(rule, ExitPolicy):
+            rule, temperatures, fallback = rule.rule, rule.temperatures, rule.fallback
+        rule = (rule or ExitRule()).check(self.num_exits)
+        temps = list(temperatures) if temperatures is not None else [1.0] * self.num_exits
+        scores, preds = rule_outputs(rule.module(temps), self.logits)
+        outcome = self.outcome(fallback)
+        return scores, torch.cat([preds == self.labels[None], outcome[-1:]])
 
     def accuracy(self) -> torch.Tensor:
         """(K + 1,) accuracy of each exit and of the ensemble."""

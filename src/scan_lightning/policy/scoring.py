@@ -13,6 +13,7 @@ from scan_lightning.cost.latency import LatencyTable
 from scan_lightning.cost.macs import CostTable
 from scan_lightning.policy.cache import ExitCache
 from scan_lightning.policy.exit_policy import ExitPolicy, choose_exits, skipped_heads
+from scan_lightning.policy.rules import ExitRule, rule_outputs
 
 
 @dataclass
@@ -30,13 +31,25 @@ class DynamicResult:
         return out if self.mean_ms is None else {**out, "mean_ms": self.mean_ms}
 
 
+def cached_early_exit(cache: ExitCache, policy: ExitPolicy) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, what :class:`EarlyExitRunner` would answer under ``policy``, from cached logits: ``(prediction,
+    exit_index)``, each ``(N,)`` (exit ``K``: the fallback)."""
+    policy.for_exits(cache.num_exits)
+    scores, preds = rule_outputs(policy.scorer(), cache.logits)
+    chosen = choose_exits(scores, torch.as_tensor(policy.thresholds, dtype=torch.float32))
+    fallback = cache.logits.mean(0) if policy.fallback == "ensemble" else cache.logits[-1]
+    answers = torch.cat([preds, fallback.argmax(-1)[None]])
+    return answers.gather(0, chosen[None])[0], chosen
+
+
 def evaluate_thresholds(cache: ExitCache, policy: ExitPolicy, exit_macs: torch.Tensor,
                         exit_ms: torch.Tensor | None = None) -> DynamicResult:
     """What :class:`EarlyExitRunner` would give under ``policy``, from cached logits. ``exit_macs`` (and
     ``exit_ms``, a latency table's per-image time): (K + 1,) costs of leaving at each exit, then the fallback."""
     policy.for_exits(cache.num_exits)
-    chosen = choose_exits(cache.confidence(policy.temperatures), torch.as_tensor(policy.thresholds, dtype=torch.float32))
-    correct = cache.outcome(policy.fallback).gather(0, chosen[None])[0]
+    scores, outcome = cache.decisions(policy)
+    chosen = choose_exits(scores, torch.as_tensor(policy.thresholds, dtype=torch.float32))
+    correct = outcome.gather(0, chosen[None])[0]
     fractions = torch.bincount(chosen, minlength=cache.num_exits + 1).float() / chosen.numel()
     ms = None if exit_ms is None else exit_ms[chosen].double().mean().item()
     return DynamicResult(correct.float().mean().item(), exit_macs[chosen].double().mean().item(), fractions.tolist(), ms)
@@ -90,14 +103,16 @@ class Scorer:
         return Score(res.accuracy, res.mean_macs, res.exit_fractions, self.costs.plain_macs / res.mean_macs,
                      self.costs.ensemble_macs / res.mean_macs, res.mean_ms, latency_speedup)
 
-    def cost_model(self, cost: str, fallback: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], float]:
+    def cost_model(self, cost: str, fallback: str, rule: ExitRule | None = None
+                   ) -> tuple[Callable[[torch.Tensor], torch.Tensor], float]:
         """In ``cost`` units (``macs`` or ``latency``): the exit costs of each threshold vector ((P, K) ->
-        (P, K + 1), skipped exit branches not charged) and the plain network's cost."""
+        (P, K + 1), skipped exit branches not charged; none under a ``rule`` that reads earlier exits) and the plain
+        network's cost."""
         table: Callable[[torch.Tensor], torch.Tensor] = self.costs.exit_macs
         reference = float(self.costs.plain_macs)
         if cost == "latency":
             if self.latency is None:
                 raise ValueError("search.cost=latency needs a latency table (measured in the deployment form)")
             table, reference = self.latency.exit_times, self.latency.plain_ms
-        chained = self.costs.chained
+        chained = self.costs.chained or (rule is not None and rule.reads_history)
         return (lambda thresholds: table(skipped_heads(thresholds.double(), fallback, chained))), reference

@@ -10,6 +10,7 @@ import torch
 
 from scan_lightning.policy.cache import ExitCache
 from scan_lightning.policy.exit_policy import choose_exits
+from scan_lightning.policy.rules import ExitRule
 from scan_lightning.policy.settings import GASettings, SearchSettings
 
 
@@ -52,6 +53,7 @@ def genetic_search(
     ga: GASettings | None = None,
     fallback: str = "ensemble",
     temperatures: list[float] | None = None,
+    rule: ExitRule | None = None,
     **changes: Any,
 ) -> GAResult:
     """SCAN Algorithm 2 (Zhang et al., NeurIPS 2019). fitness = reference_cost / mean_cost + beta * (accuracy -
@@ -66,7 +68,9 @@ def genetic_search(
     Roulette selection on shifted fitness, single-point crossover per pair, bit-flip mutation,
     ``elite`` best genomes carried over unchanged. ``baseline``: ``"deepest"``, ``"ensemble"`` or an
     accuracy in [0, 1]. Accuracy is a fraction, so beta = 200 trades 1 point of accuracy for 2x speed.
-    ``fallback``: what answers samples no exit claims (``"ensemble"``, the paper, or ``"deepest"``).
+    ``fallback``: what answers samples no exit claims (``"ensemble"``, the paper, or ``"deepest"``). ``rule``: the exit
+    rule whose scores the thresholds cut (max softmax, the paper, by default); its genes decode to thresholds in
+    [``ga.low`` or the rule's :attr:`~scan_lightning.policy.rules.RuleInfo.search_low`, 1].
     """
     if ga is None:
         ga = SearchSettings.from_config({"ga": changes}).ga
@@ -83,11 +87,13 @@ def genetic_search(
     crossover_rate, mutation_rate, elite, seed = ga.crossover_rate, ga.mutation_rate, ga.elite, ga.seed
     g = torch.Generator().manual_seed(seed)
     k = cache.num_exits
-    conf, outcome = cache.confidence(temperatures), cache.outcome(fallback)
+    rule = rule or ExitRule()
+    low = ga.low if ga.low is not None else rule.info.search_low
+    conf, outcome = cache.decisions(rule, temperatures, fallback)
     genes = torch.rand(population, k, bits, generator=g) < 0.5
 
     def fitness_of(pop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        thresholds = decode_genes(pop)
+        thresholds = decode_genes(pop, low)
         costs = exit_costs(thresholds) if callable(exit_costs) else exit_costs
         acc, cost = population_scores(conf, outcome, thresholds, costs)
         return reference_cost / cost + beta * (acc.double() - base), acc, cost
@@ -116,7 +122,7 @@ def genetic_search(
     fit, acc, macs = fitness_of(genes)
     best = fit.argmax()
     history.append(fit[best].item())
-    return GAResult(decode_genes(genes[best]).tolist(), fit[best].item(), acc[best].item(), macs[best].item(), history)
+    return GAResult(decode_genes(genes[best], low).tolist(), fit[best].item(), acc[best].item(), macs[best].item(), history)
 
 
 def budget_proportions(p: float, num_exits: int) -> torch.Tensor:
@@ -148,9 +154,10 @@ def budgeted_thresholds(confidence: torch.Tensor, proportions: torch.Tensor) -> 
 
 
 def budget_sweep(val: ExitCache, steps: int = 40, step: float = 1 / 20,
-                 temperatures: list[float] | None = None) -> list[tuple[float, torch.Tensor]]:
-    """(p, thresholds) for p in step, 2*step, ..., steps*step (MSDNet: 1/20 .. 40/20), on the confidences at
-    ``temperatures``."""
-    conf = val.confidence(temperatures)
+                 temperatures: list[float] | None = None, rule: ExitRule | None = None
+                 ) -> list[tuple[float, torch.Tensor]]:
+    """(p, thresholds) for p in step, 2*step, ..., steps*step (MSDNet: 1/20 .. 40/20), on the scores of ``rule`` (max
+    softmax by default) at ``temperatures``."""
+    conf = val.decisions(rule, temperatures)[0]
     return [(p, budgeted_thresholds(conf, budget_proportions(p, val.num_exits)))
             for p in (step * (j + 1) for j in range(steps))]

@@ -42,6 +42,7 @@ class GASettings:
     mutation_rate: float
     elite: int
     seed: int
+    low: float | None = None           # the lowest threshold the genes decode to; None: the rule's (SCAN: 0.7)
     baseline_from: str | None = None   # the baseline run whose accuracy ``baseline`` is, once it was read
 
     def __post_init__(self) -> None:
@@ -58,7 +59,8 @@ class GASettings:
         for name, ok in (("bits", self.bits >= 1), ("population", self.population >= 2),
                          ("generations", self.generations >= 1), ("elite", 0 <= self.elite < self.population),
                          ("beta", self.beta >= 0), ("crossover_rate", 0 <= self.crossover_rate <= 1),
-                         ("mutation_rate", 0 <= self.mutation_rate <= 1)):
+                         ("mutation_rate", 0 <= self.mutation_rate <= 1),
+                         ("low", self.low is None or 0 <= self.low < 1)):
             if not ok:
                 raise ValueError(f"search.ga.{name}={getattr(self, name)} is out of range")
 
@@ -87,6 +89,50 @@ class CalibrationSettings:
             raise ValueError(f"search.calibration.n_bins={self.n_bins} must be >= 1")
 
 
+P_VALUES = ("binomial", "hoeffding_bentkus")
+
+
+@dataclass(frozen=True)
+class GuaranteeSettings:
+    """Thresholds with a distribution-free guarantee (Learn-then-Test, Angelopoulos et al. 2021; the risk control of
+    RC-EENN, Jazbec et al. 2024): with probability >= 1 - ``delta`` over the validation draw, the accuracy drop
+    against the fallback (never exiting early) is at most ``drop`` (a fraction: 0.01 = 1 point). ``enabled``: the
+    post-fit search certifies thresholds instead of running the GA. ``p_value``: binomial (exact) or
+    hoeffding_bentkus; ``steps``: the fixed sequence of shared thresholds tested, from 1 (never exit) down."""
+
+    enabled: bool
+    drop: float
+    delta: float
+    p_value: str
+    steps: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"search.guarantee.enabled={self.enabled!r} must be true or false")
+        if not 0.0 <= self.drop < 1.0:
+            raise ValueError(f"search.guarantee.drop={self.drop} must lie in [0, 1) (a fraction: 0.01 = 1 point)")
+        if not 0.0 < self.delta < 1.0:
+            raise ValueError(f"search.guarantee.delta={self.delta} must lie in (0, 1)")
+        if self.p_value not in P_VALUES:
+            raise ValueError(f"search.guarantee.p_value={self.p_value!r} is not allowed; choose one of {P_VALUES}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"search.guarantee.steps={self.steps!r} must be an integer >= 1")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None = None) -> GuaranteeSettings:
+        """From a ``search.guarantee`` node; what it leaves out comes from ``conf/search/default.yaml``."""
+        values = merged(group_defaults("search")["guarantee"], cfg, "search.guarantee")
+        try:
+            return cls(values["enabled"], float(values["drop"]), float(values["delta"]), str(values["p_value"]),
+                       values["steps"])
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"search.guarantee: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain data."""
+        return dataclasses.asdict(self)
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     """The ``search`` config node: what the GA minimises (``cost``), its settings, the fallback, the budgeted
@@ -97,6 +143,7 @@ class SearchSettings:
     fallback: str             # ensemble | deepest | auto
     budget_steps: int
     calibration: CalibrationSettings
+    guarantee: GuaranteeSettings
 
     def __post_init__(self) -> None:
         if self.cost not in COSTS:
@@ -115,7 +162,9 @@ class SearchSettings:
         try:
             ga = GASettings(**{k: _number(v, k) for k, v in values["ga"].items()})
             calibration = CalibrationSettings(**values["calibration"])
-            return cls(str(values["cost"]), ga, str(values["fallback"]), int(values["budget_steps"]), calibration)
+            guarantee = GuaranteeSettings.from_config(values["guarantee"])
+            return cls(str(values["cost"]), ga, str(values["fallback"]), int(values["budget_steps"]), calibration,
+                       guarantee)
         except TypeError as err:
             raise ValueError(f"search settings: {err}") from None
 
@@ -126,7 +175,7 @@ class SearchSettings:
 
 def _number(value: Any, key: str) -> Any:
     """GA settings are numbers except the baseline; integers where the GA counts."""
-    if key in ("baseline", "baseline_from"):
+    if key in ("baseline", "baseline_from") or (key == "low" and value is None):
         return value
     if key in ("bits", "population", "generations", "elite", "seed"):
         if isinstance(value, bool) or float(value) != int(float(value)):
