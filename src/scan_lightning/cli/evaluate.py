@@ -20,7 +20,7 @@ from scan_lightning.cli.task import run_entry_point, task_wrapper
 from scan_lightning.data.base import input_shape
 from scan_lightning.evaluation.pipeline import run_post_fit
 from scan_lightning.evaluation.result import PostFitResult
-from scan_lightning.policy.exit_policy import check_policy_spec, model_identity, resolve_policy
+from scan_lightning.policy.exit_policy import check_policy_spec, model_identity, resolve_policy, spec_rule
 from scan_lightning.policy.settings import SearchSettings
 from scan_lightning.reporting.dashboard import log_exit_table, log_post_fit
 from scan_lightning.reporting.plots import run_title
@@ -60,7 +60,7 @@ def evaluate(cfg: DictConfig) -> PostFitResult:
     dm.prepare_data()
     dm.setup("test")
     result = run_post_fit(net, dm.eval_dataloader("val"), dm.eval_dataloader("test"), shape, search, timing, policy,
-                          progress=True)
+                          progress=True, rule=spec_rule(policy_cfg))
     rows = exit_rows(result.costs, {a.exit: a.accuracy for a in result.anytime})
     log.info(render_exit_table(rows, f"Per-exit test results ({ckpt.name})", result.costs.plain_macs))
     log.info(render_dynamic_summary(result))

@@ -19,6 +19,7 @@ from scan_lightning.export.backends import deploy
 from scan_lightning.models.multi_exit import MultiExitNetwork
 from scan_lightning.policy.cache import collect_outputs
 from scan_lightning.policy.exit_policy import ExitPolicy, model_identity
+from scan_lightning.policy.rules import ExitRule
 from scan_lightning.policy.settings import SearchSettings
 from scan_lightning.runtime.memory import retained_memory
 from scan_lightning.runtime.settings import TimingSettings
@@ -29,10 +30,12 @@ from scan_lightning.utils.modes import eval_mode
 def run_post_fit(net: MultiExitNetwork, val_batches: Iterable, test_batches: Iterable,
                  input_shape: tuple[int, int, int],
                  search: SearchSettings, timing: TimingSettings, policy: ExitPolicy | None = None,
-                 device: torch.device | str = "cpu", progress: bool = False) -> PostFitResult:
+                 device: torch.device | str = "cpu", progress: bool = False, rule: ExitRule | None = None
+                 ) -> PostFitResult:
     """Everything after training, for one network.
 
-    ``policy``: score these thresholds; ``None``: calibrate and search them on the validation outputs (a GA
+    ``policy``: score these thresholds; ``None``: calibrate, fit ``rule`` (max softmax by default) and search its
+    thresholds on the validation outputs (a GA
     baseline naming a run directory must be resolved first: :func:`~scan_lightning.training.checkpoints.resolve_baseline`).
     ``timing.enabled``: measure the latency table and the wall clock of the deployment form (``timing.deploy``)
     on the first ``timing.images`` test images; ``search.cost=latency`` needs the latency table.
@@ -52,7 +55,7 @@ def run_post_fit(net: MultiExitNetwork, val_batches: Iterable, test_batches: Ite
             images = first_images(test_batches, timing.images).to(device)
             latency = measure_latency(deployed, images, timing.latency_batch_size)
         if policy is None:
-            result = search_and_score(val, test, costs, search, latency)
+            result = search_and_score(val, test, costs, search, latency, rule)
         else:
             result = score_policy(val, test, costs, policy.for_exits(net.num_exits), budget_steps=search.budget_steps,
                                   latency=latency)

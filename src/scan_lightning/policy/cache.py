@@ -46,10 +46,12 @@ class ExitCache:
         prediction right at each exit (a running ensemble predicts the ensemble's class), then the ``fallback``'s.
         A policy brings its own rule, temperatures and fallback."""
         if isinstance(rule, ExitPolicy):
-            rule, temperatures, fallback = rule.rule, rule.temperatures, rule.fallback
-        rule = (rule or ExitRule()).check(self.num_exits)
+            chosen, temperatures, fallback = rule.rule, rule.temperatures, rule.fallback
+        else:
+            chosen = rule or ExitRule()
+        chosen = chosen.check(self.num_exits)
         temps = list(temperatures) if temperatures is not None else [1.0] * self.num_exits
-        scores, preds = rule_outputs(rule.module(temps), self.logits)
+        scores, preds = rule_outputs(chosen.module(temps), self.logits)
         outcome = self.outcome(fallback)
         return scores, torch.cat([preds == self.labels[None], outcome[-1:]])
 

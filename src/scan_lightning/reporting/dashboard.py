@@ -8,6 +8,7 @@ README "W&B dashboards" lists the keys and a panel layout over them.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,8 +75,11 @@ def log_post_fit(loggers: Iterable[Logger], result: PostFitResult, title: str = 
 
 
 def policy_summary(policy: ExitPolicy) -> dict[str, Any]:
-    """The exit policy as summary values: ``dynamic/threshold/exitK``, ``dynamic/temperature/exitK``, fallback."""
-    out: dict[str, Any] = {"dynamic/fallback": policy.fallback}
+    """The exit policy as summary values: the rule (``dynamic/rule``) and its fitted parameters
+    (``dynamic/rule_params/<name>``, as JSON), ``dynamic/threshold/exitK``, ``dynamic/temperature/exitK``, fallback."""
+    out: dict[str, Any] = {"dynamic/fallback": policy.fallback, "dynamic/rule": policy.rule.name}
+    for key, value in policy.rule.params.items():
+        out[f"dynamic/rule_params/{key}"] = json.dumps(value)
     for i, (t, temp) in enumerate(zip(policy.thresholds, policy.temperatures)):
         out[f"dynamic/threshold/{exit_name(i)}"] = t
         out[f"dynamic/temperature/{exit_name(i)}"] = temp

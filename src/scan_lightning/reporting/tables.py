@@ -50,7 +50,7 @@ def render_dynamic_summary(result: PostFitResult) -> str:
                if t.mean_ms is not None and t.latency_speedup_plain is not None else "")
     searched = f"searched on the validation split, cost: {result.search.cost}" if result.search else "given"
     parts.append(
-        f"Dynamic inference (thresholds {[round(x, 4) for x in policy.thresholds]}, {searched}; "
+        f"Dynamic inference (rule {policy.rule.name}, thresholds {[round(x, 4) for x in policy.thresholds]}, {searched}; "
         f"temperatures {[round(x, 3) for x in policy.temperatures]}): test top-1 {100 * t.accuracy:.2f}% "
         f"(deepest exit {100 * t.deepest_accuracy:.2f}%, ensemble {100 * t.ensemble_accuracy:.2f}%), mean "
         f"{t.mean_macs / 1e6:.2f} M MACs = {mac_phrase(t.speedup_plain)} than the plain network, "

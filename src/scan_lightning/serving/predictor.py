@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.progress import track
@@ -73,15 +74,26 @@ class Predictor:
         self.device = torch.device(device)
         self.class_names, self.budgeted, self._rebuild = class_names, budgeted, rebuild
 
+    @property
+    def rule(self) -> str:
+        """The exit rule the runner decides with (``max_softmax``, ``entropy``, ... :mod:`scan_lightning.policy.rules`)."""
+        return self.policy.rule.name
+
+    def describe(self) -> dict[str, Any]:
+        """What this predictor runs: the rule and its parameters, thresholds, temperatures, fallback (plain data)."""
+        return self.policy.to_dict()
+
     # --- construction -------------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path: str | Path, thresholds: str | Path | Sequence[float] | None = None,
                         budget_macs: float | None = None, budget_ms: float | None = None,
-                        deploy_options: DeployOptions | None = None, device: str | torch.device = "cpu") -> Predictor:
+                        deploy_options: DeployOptions | None = None, device: str | torch.device = "cpu",
+                        policy: ExitPolicy | None = None) -> Predictor:
         """A checkpoint written by ``scan_lightning.cli.train`` (loaded with ``weights_only=True``).
 
-        ``thresholds``: a ``thresholds.json`` path, a list (one per exit), or ``None`` = the ``thresholds.json``
-        beside the checkpoint. ``budget_macs`` / ``budget_ms``: instead, the saved budgeted-curve point with the
+        ``thresholds``: a ``thresholds.json`` path (its policy: any rule), a list (one per exit; max softmax), or
+        ``None`` = the ``thresholds.json`` beside the checkpoint; ``policy``: an :class:`ExitPolicy` of any rule
+        instead. ``budget_macs`` / ``budget_ms``: instead, the saved budgeted-curve point with the
         most compute whose validation mean cost per image fits. ``deploy_options``: the deployment form
         (default: the one saved with the thresholds, else BN folded + patch GEMMs + channels-last).
         """
@@ -101,6 +113,9 @@ class Predictor:
             result = PostFitResult.load(saved_path)    # one clear error when it holds no budgeted curve
             policy = pick_budget(result, budget_macs, budget_ms).for_exits(net.num_exits)
             saved: PostFitResult | None = result
+        elif policy is not None:
+            policy = policy.for_exits(net.num_exits, "the policy given")
+            saved = saved_result(saved_path)
         else:
             spec = {"thresholds_path": str(thresholds)} if isinstance(thresholds, (str, Path)) else \
                 {"thresholds": thresholds}

@@ -12,6 +12,8 @@ import torch
 from scan_lightning.evaluation.pipeline import run_post_fit
 from scan_lightning.evaluation.result import PostFitResult
 from scan_lightning.models.multi_exit import MultiExitNetwork
+from scan_lightning.policy.exit_policy import check_policy_spec, spec_rule
+from scan_lightning.policy.rules import ExitRule
 from scan_lightning.policy.settings import SearchSettings
 from scan_lightning.reporting.dashboard import log_post_fit
 from scan_lightning.reporting.plots import run_title, save_post_fit_figures
@@ -42,6 +44,18 @@ def result_path(trainer: pl.Trainer) -> Path:
     return (Path(best).parent if best else Path(trainer.default_root_dir)) / RESULT
 
 
+def train_rule(policy: Mapping[str, Any]) -> ExitRule:
+    """The exit rule a training run's post-fit search searches (``policy.rule``); one clear error for a policy that
+    gives what only ``evaluate`` / ``export`` take (thresholds, temperatures, a thresholds file, a patience)."""
+    check_policy_spec(policy)
+    given = [k for k in ("thresholds", "temperatures", "thresholds_path") if policy.get(k) is not None]
+    given += ["params.patience"] if "patience" in (policy.get("params") or {}) else []
+    if given:
+        raise ValueError(f"policy.{given[0]} is for evaluate / export: a training run searches its thresholds "
+                         f"(give policy.rule=<name> only)")
+    return spec_rule(policy)
+
+
 class ThresholdSearch(pl.Callback):
     """After fit, on rank 0: the post-fit pipeline (:func:`run_post_fit`) on the selected network.
 
@@ -54,8 +68,10 @@ class ThresholdSearch(pl.Callback):
     """
 
     def __init__(self, search: Mapping[str, Any] | SearchSettings, input_shape: list[int],
-                 timing: Mapping[str, Any] | TimingSettings | None = None) -> None:
+                 timing: Mapping[str, Any] | TimingSettings | None = None,
+                 policy: Mapping[str, Any] | None = None) -> None:
         super().__init__()
+        self.rule = train_rule(policy or {})
         self.search = resolve_baseline(SearchSettings.from_config(search))
         self.timing = TimingSettings.from_config(timing if timing is not None else {"enabled": False})
         channels, height, width = (int(d) for d in input_shape)
@@ -73,7 +89,8 @@ class ThresholdSearch(pl.Callback):
                      else (dm.val_dataloader(), dm.test_dataloader()))
         title = run_title(pl_module.hparams.get("run_config"))
         net = best_network(trainer, cast(MultiExitModule, pl_module))
-        self.result = run_post_fit(net, val, test, self.input_shape, self.search, self.timing, device=pl_module.device)
+        self.result = run_post_fit(net, val, test, self.input_shape, self.search, self.timing, device=pl_module.device,
+                                   rule=self.rule)
         self.result.save(path)
         save_post_fit_figures(self.result, path.parent, title)
         log.info(render_dynamic_summary(self.result))
