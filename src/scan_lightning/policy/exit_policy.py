@@ -204,7 +204,7 @@ POLICY_KEYS = ("rule", "params", "thresholds", "temperatures", "fallback", "thre
 def spec_rule(spec: Mapping[str, Any]) -> ExitRule:
     """The rule a ``policy`` node asks for (``rule``: null is max softmax; ``params``: its fitted parameters, or
     ``patience`` for the patience rule, which becomes thresholds, not a parameter)."""
-    params = dict(spec.get("params") or {})
+    params = {k: v for k, v in (spec.get("params") or {}).items() if v is not None}
     params.pop("patience", None)
     return ExitRule(str(spec.get("rule") or "max_softmax"), params)
 
@@ -222,7 +222,7 @@ def check_policy_spec(spec: Mapping[str, Any], allow_search: bool = False) -> No
     if not isinstance(params, Mapping):
         raise ValueError(f"policy.params={params!r} must be a mapping of the rule's parameters")
     thresholds, path = spec.get("thresholds"), spec.get("thresholds_path")
-    if "patience" in params:
+    if params.get("patience") is not None:
         if spec.get("rule") != "patience":
             raise ValueError(f"policy.params.patience is the patience rule's; policy.rule={spec.get('rule')}")
         if thresholds is not None or path:

@@ -123,10 +123,11 @@ class GuaranteeSettings:
         """From a ``search.guarantee`` node; what it leaves out comes from ``conf/search/default.yaml``."""
         values = merged(group_defaults("search")["guarantee"], cfg, "search.guarantee")
         try:
-            return cls(values["enabled"], float(values["drop"]), float(values["delta"]), str(values["p_value"]),
-                       values["steps"])
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"search.guarantee: {err}") from None
+            drop, delta = float(values["drop"]), float(values["delta"])
+        except (TypeError, ValueError):
+            raise ValueError(f"search.guarantee.drop={values['drop']!r} and delta={values['delta']!r} must be "
+                             f"numbers") from None
+        return cls(values["enabled"], drop, delta, str(values["p_value"]), values["steps"])
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain data."""

@@ -49,7 +49,7 @@ def train_rule(policy: Mapping[str, Any]) -> ExitRule:
     gives what only ``evaluate`` / ``export`` take (thresholds, temperatures, a thresholds file, a patience)."""
     check_policy_spec(policy)
     given = [k for k in ("thresholds", "temperatures", "thresholds_path") if policy.get(k) is not None]
-    given += ["params.patience"] if "patience" in (policy.get("params") or {}) else []
+    given += ["params.patience"] if (policy.get("params") or {}).get("patience") is not None else []
     if given:
         raise ValueError(f"policy.{given[0]} is for evaluate / export: a training run searches its thresholds "
                          f"(give policy.rule=<name> only)")
