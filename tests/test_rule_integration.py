@@ -167,3 +167,13 @@ def test_evaluate_searches_a_fitted_rule_and_saves_it(short_run, tmp_path):
 def test_evaluate_refuses_an_unknown_rule_before_reading_the_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="rule='pabee' is not allowed"):
         evaluate(compose_evaluate(f"ckpt_path={tmp_path / 'never_read.ckpt'}", "policy.rule=pabee"))
+
+
+def test_the_docs_rules_table_lists_every_rule_with_its_paper():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "exit-rules.md").read_text()
+    rows = {line.split("|")[1].strip(" `"): line for line in page.splitlines() if line.startswith("| `")}
+    assert set(rows) == set(RULE_NAMES)
+    for name, info in RULES.items():
+        assert info.paper.split(",")[0] in rows[name] and info.paper.split(",")[-1].split("(")[0].strip() in rows[name], name

@@ -9,7 +9,7 @@ walk (eager, TorchScript) runs the one :class:`RuleScore` module below. The rule
 - ``max_softmax``: SCAN (Zhang et al., NeurIPS 2019) Algorithm 1, the max softmax at the exit's temperature.
 - ``entropy``: BranchyNet (Teerapittayanon et al., ICPR 2016), leave when the entropy of the prediction is low. The
   score is the normalised negentropy ``1 - H(p) / log C``, so "score > t" is "H(p) < (1 - t) log C".
-- ``margin``: top-1 minus top-2 probability (the margin rule of Park et al., "Big/little deep neural network",
+- ``margin``: top-1 minus top-2 probability (Park et al., "Big/little deep neural network for ultra low power inference",
   CODES+ISSS 2015).
 - ``patience``: PABEE (Zhou et al., NeurIPS 2020). A counter of how many times in a row the predicted class stayed
   unchanged from one exit to the next; PABEE stops when it reaches the patience t. The score is counter / K, so
@@ -58,7 +58,7 @@ RULES: dict[str, RuleInfo] = {info.name: info for info in (
     RuleInfo("entropy", "1 - H(softmax(z_k / T_k)) / log C (leave when the entropy is low)", "per-exit temperatures",
              "BranchyNet, Teerapittayanon et al. ICPR 2016", "one softmax and one C-term sum", False, None, 0.5),
     RuleInfo("margin", "p_(1) - p_(2) of softmax(z_k / T_k)", "per-exit temperatures",
-             "Park et al. CODES+ISSS 2015 (big/little networks)", "one softmax and a top-2", False, None, 0.3),
+             "Park et al., big/little DNN, CODES+ISSS 2015", "one softmax and a top-2", False, None, 0.3),
     RuleInfo("patience", "(times in a row the argmax stayed unchanged up to exit k) / K",
              "patience t in 1..K (threshold (t - 1/2) / K), or per-exit thresholds",
              "PABEE, Zhou et al. NeurIPS 2020", "k argmax comparisons", True, None, 0.0),
