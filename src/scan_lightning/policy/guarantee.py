@@ -189,7 +189,9 @@ def certify(cache: ExitCache, settings: GuaranteeSettings, rule: ExitRule | None
     (Jazbec et al. 2024; one threshold shared by exits 1..K-1): with probability >= 1 - ``settings.delta`` over the
     draw of ``cache`` (i.i.d. validation outputs), the accuracy drop of the returned policy against ``fallback`` is at
     most ``settings.drop`` on new data. ``rule`` (fitted, if it is a fitted rule) and ``temperatures`` as in
-    :meth:`ExitCache.decisions`.
+    :meth:`ExitCache.decisions`. The guarantee treats the rule, its fitted parameters and the temperatures as fixed
+    before ``cache`` was drawn: fitted on the same samples (a fitted rule, temperature scaling) it is only
+    approximate; fit them on a separate part of the validation split to keep it exact.
 
     Never exits early (all thresholds 1, ``certified`` False, a warning logged and said in ``message``) when the
     network has one exit, when ``drop`` is 0, when the split is smaller than :func:`minimum_samples` (then nothing
