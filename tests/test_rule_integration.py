@@ -177,3 +177,23 @@ def test_the_docs_rules_table_lists_every_rule_with_its_paper():
     assert set(rows) == set(RULE_NAMES)
     for name, info in RULES.items():
         assert info.paper.split(",")[0] in rows[name] and info.paper.split(",")[-1].split("(")[0].strip() in rows[name], name
+
+
+def test_the_post_fit_search_certifies_thresholds_when_a_guarantee_is_asked(tmp_path):
+    from scan_lightning.evaluation.result import PostFitResult
+    from scan_lightning.reporting.tables import render_dynamic_summary
+
+    val, test = synthetic_cache(3000, 4), synthetic_cache(1000, 5)
+    settings = SearchSettings.from_config({"fallback": "ensemble",
+                                           "guarantee": {"enabled": True, "drop": 0.02, "delta": 0.1}})
+    result = search_and_score(val, test, costs(), settings, rule=ExitRule("entropy"))
+    g = result.guarantee
+    assert result.search is None and g is not None and g.certified and g.rule == "entropy"
+    assert list(result.policy.thresholds) == g.thresholds and g.thresholds[-1] == 1.0
+    assert result.test.exit_fractions[-1] < 1.0                        # it really exits early
+    assert g.val_drop <= 0.02 and "certified" in render_dynamic_summary(result)
+    assert PostFitResult.from_json(result.to_json()) == result
+    # too few validation samples to certify anything: never exit, said so
+    small = search_and_score(synthetic_cache(50, 6), test, costs(), settings)
+    assert small.guarantee is not None and not small.guarantee.certified
+    assert small.policy.thresholds == (1.0,) * K and "fewer than the 114 needed" in small.guarantee.message

@@ -18,6 +18,7 @@ from scan_lightning.models.outputs import exit_names
 from scan_lightning.policy.cache import ExitCache
 from scan_lightning.policy.calibration import calibrate, calibration_errors, split_cache
 from scan_lightning.policy.exit_policy import ExitPolicy, check_fallback
+from scan_lightning.policy.guarantee import certify
 from scan_lightning.policy.rules import ExitRule, fit_rule
 from scan_lightning.policy.scoring import Scorer
 from scan_lightning.policy.search import budget_sweep, genetic_search
@@ -107,11 +108,18 @@ def search_and_score(val: ExitCache, test: ExitCache, costs: CostTable, settings
     With ``settings.calibration.enabled`` or a rule with parameters to fit, the validation outputs are split (seeded):
     per-exit temperatures and the rule's parameters are fitted on one part, the thresholds are searched on the other
     (:func:`calibrated_split`). The GA optimises ``settings.cost``: honest MACs (the paper) or the latency table's
-    milliseconds.
+    milliseconds. With ``settings.guarantee.enabled`` the thresholds are certified on the search part instead
+    (:func:`~scan_lightning.policy.guarantee.certify`: Learn-then-Test), the rule and temperatures having been fitted
+    on the other part, as the guarantee requires.
     """
     search_val, temperatures, calibration, rule = calibrated_split(val, test, settings.calibration,
                                                                    settings.ga.seed, rule)
     fallback = resolve_fallback(search_val, settings.fallback)
+    if settings.guarantee.enabled:
+        certified = certify(search_val, settings.guarantee, rule, temperatures, fallback)
+        policy = ExitPolicy.create(certified.thresholds, temperatures, fallback, rule=rule)
+        result = score_policy(search_val, test, costs, policy, budget_steps=settings.budget_steps, latency=latency)
+        return dataclasses.replace(result, guarantee=certified, calibration=calibration)
     exit_costs, reference = Scorer(costs, latency).cost_model(settings.cost, fallback, rule)
     ga = genetic_search(search_val, exit_costs, reference_cost=reference, ga=settings.ga, fallback=fallback,
                         temperatures=temperatures, rule=rule)

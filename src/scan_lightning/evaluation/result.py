@@ -13,6 +13,7 @@ from scan_lightning.cost.latency import LatencyTable
 from scan_lightning.cost.macs import CostTable
 from scan_lightning.models.outputs import exit_name, exit_names
 from scan_lightning.policy.exit_policy import ExitPolicy, read_json_object
+from scan_lightning.policy.guarantee import Certified
 from scan_lightning.policy.scoring import Score
 from scan_lightning.runtime.forms import DeployOptions
 from scan_lightning.runtime.timing import TimingResult
@@ -110,6 +111,7 @@ class PostFitResult:
     latency: LatencyTable | None = None
     search: SearchRecord | None = None
     calibration: CalibrationRecord | None = None
+    guarantee: Certified | None = None        # thresholds certified (search.guarantee) instead of searched by the GA
     deploy: DeployOptions | None = None
     wall_clock: list[TimingResult] = field(default_factory=list)
 
@@ -131,6 +133,10 @@ class PostFitResult:
                         "val/dynamic/speedup_plain": self.val.speedup_plain})
         for i, temp in enumerate(self.policy.temperatures):
             metrics[f"val/calibration/temperature/{exit_name(i)}"] = temp
+        if self.guarantee is not None:
+            g = self.guarantee
+            metrics.update({"val/guarantee/certified": float(g.certified), "val/guarantee/tau": g.tau,
+                            "val/guarantee/drop": g.val_drop, "val/guarantee/early": g.val_early})
         for w in self.wall_clock:
             metrics[f"test/wall/speedup_batch{w.batch_size}"] = w.wall_speedup
             metrics[f"test/wall/early_exit_images_per_s_batch{w.batch_size}"] = w.early_exit.images_per_s
@@ -149,6 +155,8 @@ class PostFitResult:
             out["cost"] = self.search.cost
             out["ga"] = {"fitness": self.search.fitness, "best_per_generation": self.search.best_per_generation,
                          **self.search.settings}
+        if self.guarantee is not None:
+            out["guarantee"] = self.guarantee.to_dict()
         if self.deploy is not None:
             out["deploy"] = self.deploy.to_dict()
         if self.wall_clock:
@@ -179,6 +187,7 @@ class PostFitResult:
             latency=LatencyTable.from_dict(data["latency"]) if data.get("latency") else None,
             search=search,
             calibration=CalibrationRecord(**data["calibration"]) if data.get("calibration") else None,
+            guarantee=Certified(**data["guarantee"]) if data.get("guarantee") else None,
             deploy=DeployOptions.from_config(data["deploy"]) if data.get("deploy") else None,
             wall_clock=[TimingResult.from_dict(w) for w in data.get("wall_clock") or []],
         )

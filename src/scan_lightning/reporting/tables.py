@@ -48,7 +48,8 @@ def render_dynamic_summary(result: PostFitResult) -> str:
     latency = (f"; predicted {t.mean_ms:.3f} ms/img from the latency table = "
                f"{speed_phrase(t.latency_speedup_plain)} than the plain network"
                if t.mean_ms is not None and t.latency_speedup_plain is not None else "")
-    searched = f"searched on the validation split, cost: {result.search.cost}" if result.search else "given"
+    searched = (f"searched on the validation split, cost: {result.search.cost}" if result.search else
+                "certified on the validation split" if result.guarantee else "given")
     parts.append(
         f"Dynamic inference (rule {policy.rule.name}, thresholds {[round(x, 4) for x in policy.thresholds]}, {searched}; "
         f"temperatures {[round(x, 3) for x in policy.temperatures]}): test top-1 {100 * t.accuracy:.2f}% "
@@ -56,6 +57,10 @@ def render_dynamic_summary(result: PostFitResult) -> str:
         f"{t.mean_macs / 1e6:.2f} M MACs = {mac_phrase(t.speedup_plain)} than the plain network, "
         f"{mac_phrase(t.speedup_deepest)} than running every exit{latency}; exits: {fractions}"
     )
+    g = result.guarantee
+    if g is not None:
+        parts.append(f"Guarantee ({g.p_value}, drop <= {100 * g.drop:g} points with probability >= {1 - g.delta:g}): "
+                     f"{g.message}")
     cal = result.calibration
     if cal:
         parts.append(f"Calibration (per-exit temperature, fitted on {cal.fitted_on} validation images): ECE on test "
