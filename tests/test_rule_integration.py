@@ -197,3 +197,17 @@ def test_the_post_fit_search_certifies_thresholds_when_a_guarantee_is_asked(tmp_
     small = search_and_score(synthetic_cache(50, 6), test, costs(), settings)
     assert small.guarantee is not None and not small.guarantee.certified
     assert small.policy.thresholds == (1.0,) * K and "fewer than the 114 needed" in small.guarantee.message
+
+
+@pytest.mark.parametrize("node,needle", [
+    ({"drop": 1.0}, r"search.guarantee.drop=1.0 must lie in \[0, 1\)"),
+    ({"drop": -0.01}, r"search.guarantee.drop=-0.01 must lie in \[0, 1\)"),
+    ({"delta": 0}, r"search.guarantee.delta=0.0 must lie in \(0, 1\)"),
+    ({"delta": 1}, r"search.guarantee.delta=1.0 must lie in \(0, 1\)"),
+    ({"p_value": "chernoff"}, "p_value='chernoff' is not allowed"),
+    ({"steps": 0}, "steps=0 must be an integer >= 1"),
+    ({"alpha": 0.1}, r"search.guarantee has unknown keys \['alpha'\]"),
+])
+def test_a_bad_guarantee_is_one_clear_error(node, needle):
+    with pytest.raises(ValueError, match=needle):
+        SearchSettings.from_config({"guarantee": node})
