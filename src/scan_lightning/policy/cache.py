@@ -46,7 +46,8 @@ class ExitCache:
         prediction right at each exit (a running ensemble predicts the ensemble's class), then the ``fallback``'s.
         A policy brings its own rule, temperatures and fallback."""
         if isinstance(rule, ExitPolicy):
-            rule, temperatures, fallback = rule.rule, rule.temperatures, rule.fallback
+            policy = rule
+            rule, temperatures, fallback = policy.rule, policy.temperatures, policy.fallback
         rule = (rule or ExitRule()).check(self.num_exits)
         temps = list(temperatures) if temperatures is not None else [1.0] * self.num_exits
         scores, preds = rule_outputs(rule.module(temps), self.logits)

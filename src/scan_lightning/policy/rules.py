@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -122,10 +122,10 @@ class ExitRule:
             params["weights"] = rows
         if "scheduler" in params:
             rows = _matrix(params["scheduler"], "learned scheduler")
-            bad = [row for row in rows if len(row) != len(FEATURES) + 1]
-            if bad:
+            wrong = [row for row in rows if len(row) != len(FEATURES) + 1]
+            if wrong:
                 raise ValueError(f"learned scheduler rows must hold {len(FEATURES) + 1} numbers (weights of "
-                                 f"{list(FEATURES)} and a bias), got {bad[0]}")
+                                 f"{list(FEATURES)} and a bias), got {wrong[0]}")
             params["scheduler"] = rows
         object.__setattr__(self, "params", params)
 
@@ -199,6 +199,10 @@ class RuleScore(nn.Module):
     needs the last, ``[logits_i]``). The same module serves the cached scoring, the eager early-exit walk and, as a
     scripted submodule, the TorchScript export, so the three decide alike.
     """
+
+    if TYPE_CHECKING:   # buffers (registered in __init__); a class annotation would reach torch.jit.script
+        weights: Tensor
+        scheduler: Tensor
 
     def __init__(self, rule: ExitRule, temperatures: Sequence[float]) -> None:
         super().__init__()
