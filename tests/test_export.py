@@ -298,7 +298,7 @@ def test_export_command_writes_both_formats(trained, tmp_path, caplog):
         assert given["check"] == {"samples": 16, "agree": 16}
         manifest = json.loads((tmp_path / "onnx" / MANIFEST).read_text())
         assert manifest["policy"] == {"thresholds": [0.6, 0.7, 0.8, 0.9], "temperatures": [1.0] * 4,
-                                      "fallback": "deepest"}
+                                      "fallback": "deepest", "rule": "max_softmax", "rule_params": {}}
     with pytest.raises(ValueError, match="got 2 thresholds"):
         export(compose_export(f"ckpt_path={trained}", "policy.thresholds=[0.5,0.5]"))
     with pytest.raises(FileNotFoundError, match="policy.thresholds_path=.*nope.json does not exist"):

@@ -40,7 +40,7 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 ONNX_EXPORTERS = ("dynamo", "legacy")
 PRESERVED = ["thresholds", "temperatures", "fallback", "ensemble_fallback", "skipped", "exit_macs", "input_shape",
-             "num_exits", "num_classes", "metadata", "channels_last"]
+             "num_exits", "num_classes", "metadata", "channels_last", "rule"]
 EXAMPLE_BATCH = 2                         # trace/export batch: > 1 so nothing specialises to a single sample
 
 
@@ -167,8 +167,11 @@ def _close(a: Sequence[Tensor] | Tensor, b: Sequence[Tensor] | Tensor) -> bool:
 class ScriptedEarlyExit(nn.Module):
     """Sections and exits (traced) walked with batch compaction, as ``EarlyExitRunner`` does.
 
-    ``forward(x)`` -> ``(prediction, exit_index, macs, confidence)``: class per sample, exit taken (0..K-1, K =
-    fallback), MACs paid (float64) and the answer's max softmax (at its exit's temperature; the fallback's at 1).
+    The exit decision is the policy's :class:`~scan_lightning.policy.rules.RuleScore` (submodule ``scorer``,
+    scripted with the wrapper): at exit i it scores the undecided samples from the logits of exits 0..i (only exit
+    i's when the rule reads no earlier exit), and that history is compacted with the samples. ``rule`` holds the
+    rule's name. ``forward(x)`` -> ``(prediction, exit_index, macs, confidence)``: class per sample, exit taken
+    (0..K-1, K = fallback), MACs paid (float64) and the rule's score of the answer (the fallback's max softmax at 1).
     """
 
     if TYPE_CHECKING:   # a buffer (registered in __init__); a class annotation would reach torch.jit.script
@@ -186,6 +189,9 @@ class ScriptedEarlyExit(nn.Module):
         self.temperatures = [float(t) for t in policy.temperatures]
         self.fallback = policy.fallback
         self.ensemble_fallback = policy.fallback == "ensemble"
+        self.rule = policy.rule.name
+        self.reads_history = policy.rule.reads_history
+        self.scorer = policy.scorer()                         # scripted along with the wrapper
         self.skipped = [bool(b) for b in skipped] if skipped is not None else [False] * len(self.exits)
         self.input_shape = [int(s) for s in input_shape]
         self.metadata = metadata                              # the same JSON as the file's extra entry
@@ -210,13 +216,18 @@ class ScriptedEarlyExit(nn.Module):
             h: list[Tensor] = [x]
             logits = torch.zeros(0, device=x.device)
             logit_sum = torch.zeros(0, device=x.device)
+            history: list[Tensor] = []                          # the logits the rule reads: every exit's, or the last
             for i, (section, exit_step) in enumerate(zip(self.sections, self.exits)):
                 if alive.numel() > 0:
                     h = section(h)
                 if alive.numel() > 0 and not self.skipped[i]:      # a skipped branch: no decision reads it
                     logits = exit_step(h, logits)
                     logit_sum = logits if logit_sum.numel() == 0 else logit_sum + logits
-                    conf, pred = torch.softmax(logits.float() / self.temperatures[i], dim=-1).max(dim=-1)
+                    if self.reads_history:
+                        history.append(logits)
+                    else:
+                        history = [logits]
+                    conf, pred = self.scorer(i, history)
                     fire = conf > self.thresholds[i]
                     if bool(fire.any()):
                         gone = alive[fire]
@@ -228,6 +239,7 @@ class ScriptedEarlyExit(nn.Module):
                         h = [t[keep] for t in h]
                         logit_sum = logit_sum[keep]
                         logits = logits[keep]
+                        history = [t[keep] for t in history]
             if alive.numel() > 0:
                 last = logit_sum / k if self.ensemble_fallback else logits
                 conf, pred = torch.softmax(last.float(), dim=-1).max(dim=-1)
@@ -303,8 +315,8 @@ def export_torchscript(net: Network, policy: ExitPolicy, costs: CostTable, path:
     """Write one TorchScript file that exits early; ``torch.jit.load(path)`` runs it without this package.
 
     ``model(x)`` -> ``(prediction, exit_index, macs, confidence)``. The policy, cost table, input shape
-    (C, H, W) and class count ride along as attributes (``thresholds``, ``temperatures``, ``fallback``,
-    ``exit_macs``, ``input_shape``, ``metadata``) and as the JSON entry ``scan_lightning.json`` of the file's
+    (C, H, W) and class count ride along as attributes (``thresholds``, ``temperatures``, ``fallback``, ``rule``
+    (the exit rule's name), ``exit_macs``, ``input_shape``, ``metadata``) and as the JSON entry ``scan_lightning.json`` of the file's
     ``_extra_files``. ``freeze``: ``torch.jit.freeze`` the whole walk (weights become constants, Conv+BN
     folded, the loop over sections unrolled). The module runs on the device ``net`` is on.
     """
