@@ -118,7 +118,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"format": fmt, "form": form, "output": str(output), "checkpoint": str(ckpt),
                               "num_exits": net.num_exits, "input_shape": list(shape), "policy": policy.to_dict()}
     log.info(f"wrote {output} ({fmt}, {form}; {net.num_exits} exits, input {'x'.join(map(str, shape))}, "
-          f"thresholds {[round(t, 4) for t in policy.thresholds]}, fallback {policy.fallback})")
+             f"rule {policy.rule.name}, thresholds {[round(t, 4) for t in policy.thresholds]}, fallback {policy.fallback})")
     if cfg.get("check", True):
         result["check"] = _check(fmt, output, exported, policy, costs)
         check = result["check"]
