@@ -394,14 +394,15 @@ def markdown(result: dict[str, Any]) -> str:
     if not result["guarantee_available"]:
         lines += [f"not available: `{GUARANTEE_MODULE}` is not in this checkout; rerun the command once it is.", ""]
     else:
-        lines += ["| rule | drop | certified | test top-1 | test drop | MACs (% plain) | ms b1 (% plain) |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["| rule | drop | certified | test top-1 | test drop | MACs (% plain) | ms b1 (% plain) | ms b"
+                  + str(large) + " (% plain) |", "|---|---|---|---|---|---|---|---|"]
         for name, r in rules.items():
             for p in r["guarantee"]["points"]:
                 t = p["test"]
                 lines.append(f"| {name} | {100 * p['drop']:.1f} | {p['certify'].get('certified', '-')} | "
                              f"{_pct(t['accuracy'])} | {100 * p['test_drop']:.2f} | "
-                             f"{100 * t['macs'] / plain['macs']:.0f} | {100 * t['ms_b1'] / plain['ms_b1']:.0f} |")
+                             f"{100 * t['macs'] / plain['macs']:.0f} | {100 * t['ms_b1'] / plain['ms_b1']:.0f} | "
+                             f"{100 * t['ms_large'] / plain['ms_large']:.0f} |")
         lines += ["", "### Coverage (calibration draws of the validation size from the pooled outputs)", "",
                   "| rule | pool | n_cal | trials | drop | rates |", "|---|---|---|---|---|---|"]
         for name, r in rules.items():
