@@ -473,7 +473,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--coverage-seconds", type=float, default=300.0,
                         help="after max_softmax, run the other rules' coverage checks while those so far took less")
     parser.add_argument("--data-dir", default=None, help="where the data files go (default: the saved config's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's); 1 on a busy shared machine, where a second "
+                             "OpenMP thread waiting at every barrier inflated batch-1 ms over 300x")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if not args.run_dir.is_dir():
         print(f"run_dir {str(args.run_dir)!r} is not a directory", file=sys.stderr)
         return 2
@@ -483,7 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = repo_relative(args.run_dir)
     options = [f"--out {repo_relative(args.out)}", f"--images {args.images}"]
     options += [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                if k in ("budget_steps", "shared_steps", "coverage_trials", "coverage_seconds")
+                if k in ("budget_steps", "shared_steps", "coverage_trials", "coverage_seconds", "threads")
                 and v != parser.get_default(k)]
     header = {"command": " ".join(["python experiments/exit_rules.py", run, *options]), "run_dir": run,
               "checkpoint": repo_relative(selected_checkpoint(args.run_dir)),
