@@ -87,3 +87,84 @@ def test_paper_table_collector_puts_the_paper_beside_our_runs(tmp_path):
     text = collector.markdown(t)
     assert "| resnet18 | 77.00 (77.09) | 70.00 (71.84) / 76.00 (77.74) / 78.00 (78.62) / 79.00 (79.13) |" in text
     assert "78.50 / 2.10x fewer" in text and "| DSN | 70.00 / 75.00 / 78.00 / 79.00 |" in text
+
+
+def _load_script(name: str):
+    """An experiment script as a module (registered in ``sys.modules``: its dataclasses look their module up)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, CONF.parent / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _guarantee_stub():
+    """A stand-in for ``scan_lightning.policy.guarantee`` (written in parallel) with its planned API: ``certify``
+    gives shared thresholds and ``coverage`` violation rates, both dataclasses with ``to_dict``."""
+    import dataclasses
+    import types
+
+    @dataclasses.dataclass
+    class Certified:
+        thresholds: list
+        tau: float
+        certified: bool
+        drop: float
+
+        def to_dict(self):
+            return dataclasses.asdict(self)
+
+    @dataclasses.dataclass
+    class Coverage:
+        violation_rate: float
+        trials: int
+
+        def to_dict(self):
+            return dataclasses.asdict(self)
+
+    def certify(cache, settings, rule=None, temperatures=None, fallback="ensemble"):
+        tau = 1.0 - settings.drop
+        return Certified([tau] * cache.num_exits, tau, True, settings.drop)
+
+    def coverage(pool, n_cal, settings, rule=None, temperatures=None, fallback="ensemble", trials=200, seed=0):
+        assert 0 < n_cal < len(pool.labels)
+        return Coverage(0.0, trials)
+
+    return types.SimpleNamespace(certify=certify, coverage=coverage)
+
+
+def test_exit_rules_scores_every_rule_on_a_short_run(short_run, tmp_path, monkeypatch, one_thread):
+    import json
+    import sys
+
+    script = _load_script("exit_rules")
+    from scan_lightning.policy.rules import RULE_NAMES
+
+    monkeypatch.setitem(sys.modules, script.GUARANTEE_MODULE, _guarantee_stub())
+    out = tmp_path / "rules"
+    assert script.main([str(short_run.out), "--out", str(out), "--images", "16", "--budget-steps", "6",
+                        "--shared-steps", "6", "--coverage-trials", "3"]) == 0
+    text = out.with_suffix(".json").read_text()
+    result = json.loads(text)
+    assert list(result["rules"]) == list(RULE_NAMES)
+    assert str(tmp_path) not in text and str(short_run.out) not in text        # no machine paths
+    for r in result["rules"].values():
+        assert len(r["curve"]) >= 6 and set(r["operating_points"]) == set(script.UNITS)
+        assert r["ga"]["test"]["ms_large"] > 0
+        assert [p["drop"] for p in r["guarantee"]["points"]] == list(script.DROPS)
+    assert len(result["rules"]["max_softmax"]["coverage"]["rates"]) == len(script.DROPS)
+    assert result["rules"]["running_ensemble"]["rule_params"]["weights"]         # fitted on the fit part
+    md = out.with_suffix(".md").read_text()
+    assert all(f"| {name} |" in md for name in RULE_NAMES) and "## Reading" in md
+    assert out.with_suffix(".png").stat().st_size > 0
+    # without the guarantee module the outputs say so instead of failing
+    monkeypatch.setitem(sys.modules, script.GUARANTEE_MODULE, None)
+    assert script.guarantee_module() is None
+    assert script.guaranteed_points(None, None, None, None, [], "ensemble") == {"available": False}
+    bare = {**result, "guarantee_available": False,
+            "rules": {k: {**r, "guarantee": {"available": False}} for k, r in result["rules"].items()}}
+    assert "not available" in script.markdown(bare)
+    script.plot(bare, tmp_path / "bare.png")
