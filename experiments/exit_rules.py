@@ -75,11 +75,13 @@ def repo_relative(path: str | Path) -> str:
 
 
 def code_commit() -> str:
-    """The short commit of this checkout, with ``+dirty`` when tracked files differ from it ("unknown" outside git)."""
+    """The short commit of this checkout, with ``+dirty`` when tracked files other than the committed results differ
+    from it ("unknown" outside git)."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)experiments/results"], cwd=ROOT,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
