@@ -1,5 +1,5 @@
 """Backbones cut into sections, exit heads, attention, and the multi-exit network."""
-from scan_lightning.models import msdnet, resnet, torchvision_cut, vgg, wide_resnet  # noqa: F401  (register builders)
+from scan_lightning.models import mobilenet, msdnet, resnet, torchvision_cut, vgg, wide_resnet  # noqa: F401  (register)
 from scan_lightning.models.backbone import SectionedBackbone, SectionInfo
 from scan_lightning.models.heads import AttentionModule, BottleneckHead, LinearHead, MSDNetHead
 from scan_lightning.models.multi_exit import MultiExitNetwork

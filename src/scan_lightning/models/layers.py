@@ -10,10 +10,13 @@ Stem = Literal["cifar", "imagenet", "small"]
 STEMS = ("cifar", "imagenet", "small")
 
 
-def conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, padding: int | None = None) -> list[nn.Module]:
-    """Conv (no bias) + BatchNorm + ReLU; ``padding=None`` keeps the size at stride 1 (``kernel // 2``)."""
+def conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, padding: int | None = None, groups: int = 1
+                 ) -> list[nn.Module]:
+    """Conv (no bias) + BatchNorm + ReLU; ``padding=None`` keeps the size at stride 1 (``kernel // 2``);
+    ``groups=cin`` makes the conv depthwise."""
     padding = kernel // 2 if padding is None else padding
-    return [nn.Conv2d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    return [nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=False), nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True)]
 
 
 def he_init(module: nn.Module) -> None:
