@@ -14,7 +14,7 @@ from scan_lightning.utils.config import build
 from tests.helpers.compose import options
 from tests.helpers.images import make_image_folder
 
-EXITS = {"wrn20_8": 3, "wrn44_8": 3, "torchvision": 3, "msdnet_cifar_anytime": 7, "msdnet_cifar_budgeted": 5,
+EXITS = {"wrn20_8": 3, "wrn44_8": 3, "resnet56": 7, "wrn32_4": 7, "mobilenet": 6, "torchvision": 3, "msdnet_cifar_anytime": 7, "msdnet_cifar_budgeted": 5,
          "msdnet_cifar_imta": 7,
          "msdnet_imagenet": 5}
 # heavy at 224 px or very deep: run with `make test-slow`; the default run keeps one of each family
