@@ -148,7 +148,8 @@ def _steps(net: Network, example: Tensor) -> tuple[list[SectionStep], list[ExitS
             out = section(list(h) if takes_list else h[0])
             takes_list = isinstance(out, (list, tuple))  # the next section reads what this one returns
             h = list(out) if takes_list else [out]
-            exit_step = ExitStep(_branch(net, i), net.isc is not None and i > 0).eval()
+            branch = _branch(net, i)
+            exit_step = ExitStep(branch, getattr(branch, "isc", None) is not None).eval()
             previous = exit_step(_clone(h), previous)
             sections.append(step)
             exits.append(exit_step)

@@ -1,4 +1,5 @@
-"""Exit heads: SCAN attention module, SCAN bottleneck classifier, plain pool+linear, MSDNet classifier.
+"""Exit heads: SCAN attention module, SCAN bottleneck classifier, plain pool+linear, MSDNet classifier, SDN's internal
+classifier.
 
 Every head maps a section output to ``(logits, feature)``, where ``feature`` is the pooled vector that
 feeds the final Linear layer (SCAN's F_i, used by the feature-hint loss).
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from scan_lightning.models.layers import conv_bn_relu, he_init
 
@@ -111,3 +113,28 @@ class MSDNetHead(ExitHead):
         """The two stride-2 conv-BN-ReLU, then global average pooling, flattened (MSDNet's classifier, Huang et al.,
         ICLR 2018)."""
         return self.pool(self.convs(x)).flatten(1)
+
+
+class SDNHead(ExitHead):
+    """SDN's internal classifier (Kaya et al., ICML 2019, Sec. 4.1): feature reduction by mixed max and average pooling
+    (Lee et al., AISTATS 2016) with one learned mixing weight, to a fixed 4x4 map, then one Linear layer on the
+    flattened map.
+
+    SDN pools with kernel = stride = H // 4 (a 4x4 map when H is a multiple of 4) and leaves maps under 4x4 as they
+    are; adaptive pooling to 4x4 is the same for multiples of 4 and gives every head the same width otherwise. The
+    mixing weight starts at 0.5 (the authors' code draws it
+    at random) and is not constrained, as there.
+    """
+
+    SIZE = 4
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(0.5))
+        self.fc = nn.Linear(in_channels * self.SIZE * self.SIZE, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``alpha * maxpool + (1 - alpha) * avgpool`` to 4x4, flattened."""
+        size = (self.SIZE, self.SIZE)
+        mixed = self.alpha * F.adaptive_max_pool2d(x, size) + (1 - self.alpha) * F.adaptive_avg_pool2d(x, size)
+        return mixed.flatten(1)

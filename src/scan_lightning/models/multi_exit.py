@@ -9,13 +9,13 @@ from torch import nn
 
 from scan_lightning.models.backbone import SectionedBackbone
 from scan_lightning.models.gradient import equilibrium_scales, scale_gradient
-from scan_lightning.models.heads import AttentionModule, BottleneckHead, ExitHead, LinearHead, MSDNetHead
+from scan_lightning.models.heads import AttentionModule, BottleneckHead, ExitHead, LinearHead, MSDNetHead, SDNHead
 from scan_lightning.models.outputs import ExitOutputs
 
-HEAD_KINDS = ("bottleneck", "linear", "msdnet")
+HEAD_KINDS = ("bottleneck", "linear", "msdnet", "sdn")
 DEEP_HEAD_KINDS = ("linear", "msdnet")
 SectionOutput = torch.Tensor | list[torch.Tensor]
-ISC_TRANSFERS = ("identity", "linear")
+ISC_TRANSFERS = ("identity", "linear", "cascade")
 GE_SCALES = ("all", "coarsest")
 
 
@@ -53,7 +53,7 @@ def _per_shallow_exit(value, n: int, name: str, allowed: tuple | None = None) ->
 
 
 class ExitBranch(nn.Module):
-    """One exit: [attention] -> head -> logits, and with ISC the previous exit's logits joined in.
+    """One exit: [attention] -> head -> logits, and with ISC (or ZTW's cascade) the previous exit's logits joined in.
 
     ``forward(h, previous)`` takes a section's output (a tensor, or a multi-scale list whose coarsest map the
     exit reads) and, when ``isc`` is set, the previous exit's logits for the same samples; it returns
@@ -82,6 +82,8 @@ class ExitBranch(nn.Module):
         prior = previous.detach() if self.isc_detach else previous
         if self.isc == "identity":
             return self.head.fc(feature) + prior, feature
+        if self.isc == "cascade":
+            return self.head.fc(torch.cat([feature, prior], dim=1)), feature
         if self.transfer is None:
             raise ValueError(f"model.isc={self.isc!r} needs a transfer module for the previous exit's logits")
         return self.head.fc(torch.cat([feature, self.transfer(prior)], dim=1)), feature
@@ -110,7 +112,11 @@ class MultiExitNetwork(nn.Module):
             ``"identity"`` (paper): the previous logits are added to the exit's own (residual learning);
             ``"linear"`` (public code): Linear(classes -> feature width) + BN + ReLU of the previous
             logits, concatenated with the exit's pooled feature before its Linear.
-        isc_detach: no gradient along the transfer path (paper); ``False`` = the public code.
+            ``"cascade"`` (ZTW, Wolczyk et al., NeurIPS 2021): each shallow exit after the first reads the
+            previous exit's logits concatenated with its pooled feature before its Linear; the deepest exit (in ZTW
+            the backbone's own classifier) reads none, so the plain network is unchanged.
+        isc_detach: no gradient along the transfer path (paper; ZTW's cascade stops it too); ``False`` = the public
+            code.
     """
 
     def __init__(
@@ -143,6 +149,10 @@ class MultiExitNetwork(nn.Module):
         self.isc, self.isc_detach = isc, isc_detach
         info = backbone.feature_info
         n_shallow = len(info) - 1
+        if isc is not None and n_shallow < (2 if isc == "cascade" else 1):
+            need = "two shallow exits to link" if isc == "cascade" else "at least two exits"
+            raise ValueError(f"model.isc={isc!r} needs {need}; this network has {n_shallow + 1} exit(s) "
+                             f"(model.exit_after={list(exit_after) if exit_after is not None else None})")
         heads = _per_shallow_exit(head, n_shallow, "head", HEAD_KINDS)
         attn = _per_shallow_exit(attention, n_shallow, "attention", (True, False))
         if deep_head not in DEEP_HEAD_KINDS:
@@ -160,6 +170,8 @@ class MultiExitNetwork(nn.Module):
                 exit_heads.append(BottleneckHead(s.channels, num_classes, deep.channels, stride, bottleneck_width))
             elif kind == "msdnet":
                 exit_heads.append(MSDNetHead(s.channels, num_classes, bottleneck_width))
+            elif kind == "sdn":
+                exit_heads.append(SDNHead(s.channels, num_classes))
             else:
                 exit_heads.append(LinearHead(s.channels, num_classes))
         exit_heads.append(MSDNetHead(deep.channels, num_classes, bottleneck_width) if deep_head == "msdnet"
@@ -172,6 +184,9 @@ class MultiExitNetwork(nn.Module):
                 self.isc_transfers.append(nn.Sequential(nn.Linear(num_classes, width), nn.BatchNorm1d(width),
                                                         nn.ReLU(inplace=True)))
                 later.fc = nn.Linear(2 * width, num_classes)
+        if isc == "cascade":  # shallow exits 2..K-1 take [feature, previous logits]
+            for later in exit_heads[1:-1]:
+                later.fc = nn.Linear(later.fc.in_features + num_classes, num_classes)
 
     @property
     def num_exits(self) -> int:
@@ -188,6 +203,13 @@ class MultiExitNetwork(nn.Module):
         """The backbone's sections in forward order."""
         return self.backbone.sections
 
+    def reads_previous(self, i: int) -> bool:
+        """Whether exit ``i`` reads the previous exit's logits (ISC: every exit after the first; ZTW's cascade: the
+        shallow exits after the first)."""
+        if self.isc is None or i == 0:
+            return False
+        return not (self.isc == "cascade" and i == self.num_exits - 1)
+
     def exit_branch(self, i: int) -> ExitBranch:
         """Exit ``i`` (0-based) as one module over this network's own submodules: its attention module (shallow
         exits that have one), its head and its ISC transfer (exits after the first, with ``isc="linear"``).
@@ -197,7 +219,7 @@ class MultiExitNetwork(nn.Module):
         attention = self.attentions[i] if i < len(self.attentions) else None
         transfer = self.isc_transfers[i - 1] if self.isc == "linear" and i > 0 else None
         head = cast(ExitHead, self.heads[i])   # __init__ made them ExitHeads
-        return ExitBranch(head, attention, transfer, self.isc if i > 0 else None, self.isc_detach)
+        return ExitBranch(head, attention, transfer, self.isc if self.reads_previous(i) else None, self.isc_detach)
 
     def forward_exit(self, i: int, h: SectionOutput, previous: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
