@@ -31,6 +31,13 @@ class LossComposer(nn.Module):
             except ValueError as err:
                 raise ValueError(f"loss term {name!r}: {err}") from None
 
+    def set_progress(self, epoch: int, max_epochs: int | None) -> None:
+        """Tell every term where training stands: ``epoch / (max_epochs - 1)`` (1 on a one-epoch run or without an
+        epoch limit), read by scheduled terms such as SDN's ramp."""
+        fraction = epoch / (max_epochs - 1) if max_epochs and max_epochs > 1 else 1.0
+        for term in self.terms.values():
+            cast(LossTerm, term).set_progress(fraction)
+
     def forward(self, outputs: ExitOutputs, target: torch.Tensor, teacher: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The weighted total and every term's unweighted value. ``teacher``: a frozen network's deepest logits for

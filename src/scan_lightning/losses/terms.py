@@ -58,6 +58,10 @@ class LossTerm(nn.Module):
         """Raise ValueError if this term cannot work on a network with these exits (before training)."""
         select_exits(self.exits, num_exits)
 
+    def set_progress(self, fraction: float) -> None:
+        """Where training stands, 0 at the first epoch and 1 at the last; terms whose weights follow a schedule (SDN's
+        ramp) read it, the rest ignore it."""
+
     def forward(self, outputs: ExitOutputs, target: torch.Tensor, teacher: torch.Tensor | None = None
                 ) -> torch.Tensor:
         """The sum of :meth:`exit_loss` over the selected exits. ``teacher``: a frozen network's deepest logits for the
@@ -79,6 +83,89 @@ class CrossEntropy(LossTerm):
                   ) -> torch.Tensor:
         """Cross-entropy of exit ``i``'s logits against ``target``."""
         return F.cross_entropy(outputs.logits[i], target)
+
+
+def _exit_weights(values: Sequence[float], name: str) -> list[float]:
+    weights = [float(v) for v in values]
+    if not weights or any(not 0.0 <= w <= 1.0 for w in weights):
+        raise ValueError(f"{name}={list(values)} must be a non-empty list of numbers in [0, 1]")
+    return weights
+
+
+class RampedCrossEntropy(LossTerm):
+    """SDN's internal-classifier loss (Kaya et al., ICML 2019, Sec. 4.2): the sum over the selected exits of
+    ``w_i(t) * CE_i``, each weight growing linearly over training from ``start`` (0.01) to its maximum ``tau_i``.
+
+    ``maxima``: one ``tau_i`` in [0, 1] per selected exit; ``None`` = SDN's rule, ``tau_i`` proportional to the exit's
+    position, ``0.9 * i / n`` for the i-th of n (0.15, 0.3, ... 0.9 for SDN's six ICs). ``t`` is the epoch over the
+    last epoch (:meth:`set_progress`), so the last epoch trains at ``tau_i``; the authors' code instead adds
+    ``epoch * tau_i / epochs`` to 0.01 and clips at ``tau_i``. The deepest exit's own CE is a separate term.
+    """
+
+    def __init__(self, weight: float = 1.0, exits: ExitSelection = "shallow", maxima: Sequence[float] | None = None,
+                 start: float = 0.01) -> None:
+        super().__init__(weight, exits)
+        self.maxima = None if maxima is None else _exit_weights(maxima, "maxima")
+        if not 0.0 <= start <= 1.0:
+            raise ValueError(f"start={start} must lie in [0, 1]")
+        self.start = float(start)
+        self.progress = 0.0
+
+    def check(self, num_exits: int, feature_widths: Sequence[int]) -> None:
+        """ValueError unless ``maxima`` has one entry per selected exit."""
+        n = len(select_exits(self.exits, num_exits))
+        if self.maxima is not None and len(self.maxima) != n:
+            raise ValueError(f"maxima has {len(self.maxima)} entries but the term covers {n} exits "
+                             f"(exits={self.exits!r}); give one tau in [0, 1] per exit, or null for SDN's rule")
+
+    def set_progress(self, fraction: float) -> None:
+        """Move the ramp to ``fraction`` of training (clipped to [0, 1])."""
+        self.progress = min(1.0, max(0.0, float(fraction)))
+
+    def exit_weights(self, n: int) -> list[float]:
+        """The current weight of each of the ``n`` selected exits."""
+        maxima = self.maxima or [0.9 * (j + 1) / n for j in range(n)]
+        return [self.start + (tau - self.start) * self.progress for tau in maxima]
+
+    def forward(self, outputs: ExitOutputs, target: torch.Tensor, teacher: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """``sum_i w_i(t) * CE_i`` over the selected exits."""
+        idx = select_exits(self.exits, len(outputs.logits))
+        weights = self.exit_weights(len(idx))
+        return torch.stack([w * F.cross_entropy(outputs.logits[i], target) for w, i in zip(weights, idx)]).sum()
+
+
+class WeightedCrossEntropy(LossTerm):
+    """Cross-entropy at the selected exits as a weighted mean: ``sum_i a_i CE_i / sum_i a_i``.
+
+    ``weights="depth"``: ``a_i`` is the exit's 1-based position, PABEE's training loss (Zhou et al., NeurIPS 2020,
+    Eq. 6: deeper exits weigh more); or one non-negative number per selected exit.
+    """
+
+    def __init__(self, weight: float = 1.0, exits: ExitSelection = "all",
+                 weights: str | Sequence[float] = "depth") -> None:
+        super().__init__(weight, exits)
+        if isinstance(weights, str):
+            if weights != "depth":
+                raise ValueError(f"weights={weights!r} is not allowed; use 'depth' or one number >= 0 per exit")
+            self.weights: str | list[float] = weights
+        else:
+            self.weights = [float(w) for w in weights]
+            if any(w < 0 for w in self.weights) or not sum(self.weights) > 0:
+                raise ValueError(f"weights={list(weights)} must be numbers >= 0 with a positive sum")
+
+    def check(self, num_exits: int, feature_widths: Sequence[int]) -> None:
+        """ValueError unless an explicit weight list has one entry per selected exit."""
+        n = len(select_exits(self.exits, num_exits))
+        if isinstance(self.weights, list) and len(self.weights) != n:
+            raise ValueError(f"weights has {len(self.weights)} entries but the term covers {n} exits")
+
+    def forward(self, outputs: ExitOutputs, target: torch.Tensor, teacher: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """The weighted mean of the selected exits' cross-entropies."""
+        idx = select_exits(self.exits, len(outputs.logits))
+        a = [float(i + 1) for i in idx] if self.weights == "depth" else list(self.weights)
+        return torch.stack([w * F.cross_entropy(outputs.logits[i], target) for w, i in zip(a, idx)]).sum() / sum(a)
 
 
 def kd_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -96,8 +96,10 @@ class MultiExitModule(pl.LightningModule):
         return self
 
     def on_train_epoch_start(self) -> None:  # Lightning restores per-module modes itself, without train()
-        """Put the teacher and the frozen BatchNorm layers back in eval mode."""
+        """Put the teacher and the frozen BatchNorm layers back in eval mode, and move scheduled loss weights (SDN's
+        ramp) to this epoch."""
         self._hold_frozen_in_eval()
+        self.criterion.set_progress(self.current_epoch, self.trainer.max_epochs)
 
     def logged_metrics(self) -> set[str]:
         """Every name this module logs during fit, which a callback may monitor (``val/acc/exit1``, ...)."""
