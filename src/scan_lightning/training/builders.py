@@ -19,6 +19,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from scan_lightning.cost.macs import measure_costs
 from scan_lightning.data.base import input_shape
 from scan_lightning.reporting.tables import exit_rows, render_exit_table
+from scan_lightning.training.callbacks.meta_reweighting import MetaReweighting, l2w_term
 from scan_lightning.training.checkpoints import architecture_only, network_state, read_checkpoint
 from scan_lightning.training.finetune import check_new_tensors_train, initial_weights, load_matching
 from scan_lightning.training.module import MultiExitModule
@@ -122,9 +123,22 @@ def prepare(cfg: DictConfig, teacher_model: dict | None = None, check_data: bool
         if check_data:   # missing or broken data, and splits that do not fit it, are reported before the run starts
             datamodule.prepare_data()
             datamodule.setup("fit")
+        check_callbacks_fit(callbacks, module, datamodule, trainer)
     except (InstantiationException, OmegaConfBaseException, ValueError, TypeError, FileNotFoundError) as err:
         raise ConfigError(describe_error(err)) from err
     return module, datamodule, trainer
+
+
+def check_callbacks_fit(callbacks: list, module: MultiExitModule, datamodule: pl.LightningDataModule,
+                        trainer: pl.Trainer) -> None:
+    """Callbacks that need something of the run check it (``check_run``), and a loss term that needs a callback has
+    it: L2W's term without its meta step would train with weights that never learn."""
+    for cb in callbacks:
+        if hasattr(cb, "check_run"):
+            cb.check_run(module, datamodule, trainer)
+    if l2w_term(module) is not None and not any(isinstance(cb, MetaReweighting) for cb in callbacks):
+        raise ValueError("the L2W loss term (SampleWeightedCrossEntropy) needs its meta step, "
+                         "callbacks.meta_reweighting (method=l2w sets both)")
 
 
 def check_monitors(callbacks: list, module: MultiExitModule) -> None:
