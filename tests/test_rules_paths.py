@@ -50,6 +50,12 @@ NETWORKS = {
     "resnet": Setting(resnet, 0, "deepest", False, 1, True),
     "msdnet": Setting(lambda: small_msdnet(), 1, "ensemble", True, None, False),
     "resnet_isc_linear": Setting(lambda: resnet(isc="linear"), 2, "deepest", True, 2, False),
+    # ZTW's cascade on SDN heads: the shallow exits after the first read the previous logits, the deepest does not
+    "resnet_sdn_cascade": Setting(lambda: resnet(isc="cascade", head="sdn", attention=False), 3, "deepest", True, 1,
+                                  False),
+    # BoostNet: identity ISC (each exit adds the previous output) with gradient equilibrium
+    "resnet_boost": Setting(lambda: resnet(isc="identity", gradient_equilibrium=True, attention=False), 7,
+                            "ensemble", False, None, False),
 }
 
 
@@ -175,7 +181,10 @@ def test_every_path_decides_alike(networks, name, rule, tmp_path):
     # (a) cached scoring, charged what the runner pays
     prediction, exit_index = cached_early_exit(ExitCache(net.logits, net.labels), policy)
     macs = net.costs.exit_macs(torch.tensor(skipped))[exit_index]
-    assert len(set(exit_index.tolist())) >= 3, exit_index.bincount()       # several exits are taken
+    # several exits are taken; with additive exits (BoostNet) the previous logits carry the argmax onward, so under
+    # patience the samples leave at the first exit that can agree or at the fallback
+    taken = 2 if (name, rule) == ("resnet_boost", "patience") else 3
+    assert len(set(exit_index.tolist())) >= taken, exit_index.bincount()
     # (b) eager, (c) TorchScript (frozen, as users export it), (d) ONNX runner under this policy
     eager = EarlyExitRunner(net.net, policy, net.costs)
     with warnings.catch_warnings():
