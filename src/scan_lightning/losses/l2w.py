@@ -29,9 +29,10 @@ class WeightPredictor(nn.Module):
         super().__init__()
         if hidden < 1:
             raise ValueError(f"hidden={hidden} must be >= 1")
-        self.mlp = nn.Sequential(nn.Linear(num_exits, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_exits))
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
+        last = nn.Linear(hidden, num_exits)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.mlp = nn.Sequential(nn.Linear(num_exits, hidden), nn.ReLU(inplace=True), last)
 
     def forward(self, losses: torch.Tensor) -> torch.Tensor:
         """The (N, K) weights for the (N, K) losses."""
@@ -119,7 +120,7 @@ def meta_step(net: nn.Module, term: SampleWeightedCrossEntropy, x: torch.Tensor,
     predictor (``torch.func.functional_call``), and the stepped network's :meth:`~SampleWeightedCrossEntropy.meta_loss`
     on ``(x_meta, y_meta)`` is returned; its gradient reaches only the predictor. BatchNorm statistics are updated on
     copies, so the network is left as it was."""
-    params = {name: p for name, p in net.named_parameters() if p.requires_grad}
+    params: dict[str, torch.Tensor] = {name: p for name, p in net.named_parameters() if p.requires_grad}
     buffers = {name: b.clone() for name, b in net.named_buffers()}
     outputs = torch.func.functional_call(net, (params, buffers), (x,))
     idx = select_exits(term.exits, len(outputs.logits))

@@ -164,7 +164,7 @@ class WeightedCrossEntropy(LossTerm):
                 ) -> torch.Tensor:
         """The weighted mean of the selected exits' cross-entropies."""
         idx = select_exits(self.exits, len(outputs.logits))
-        a = [float(i + 1) for i in idx] if self.weights == "depth" else list(self.weights)
+        a = [float(i + 1) for i in idx] if isinstance(self.weights, str) else self.weights   # "depth" or a list
         return torch.stack([w * F.cross_entropy(outputs.logits[i], target) for w, i in zip(a, idx)]).sum() / sum(a)
 
 
