@@ -9,7 +9,8 @@ from tests.helpers.compose import CONF, options
 OVERLAYS = options("experiment")
 # one per family in the default run; the rest (deep ResNets, VGG19, WRN-44, the ImageNet sizes) with `make test-slow`
 LIGHT = {"scan_cifar100_resnet18", "scan_cifar100_vgg16_bn_baseline", "scan_cifar100_wrn20_8",
-         "scan_imagenet_resnet18", "scan_fig2_resnet50_dsn", "imta_msdnet_cifar100", "imta_ablation_fashion"}
+         "scan_imagenet_resnet18", "scan_fig2_resnet50_dsn", "imta_msdnet_cifar100", "imta_ablation_fashion",
+         "sdn_cifar100_mobilenet", "ztw_cifar100_mobilenet"}
 
 
 def test_every_published_scan_experiment_has_an_overlay():
@@ -38,13 +39,25 @@ def test_overlay_composes_with_the_paper_setting(make_cfg, name):
         assert cfg.model.attention is False
     if name.startswith("imta_msdnet"):
         assert cfg.model.ge_scales == "all" and cfg.model.gradient_equilibrium is True
+    if name.startswith("sdn_"):                                        # SDN's heads and ramp, jointly trained
+        assert cfg.model.head == "sdn" and cfg.loss.terms.ce_ic.start == 0.01 and cfg.model.attention is False
+    if name.startswith("ztw_"):                                        # cascade on a frozen, trained backbone
+        assert cfg.model.isc == "cascade" and cfg.policy.rule == "running_ensemble"
+        assert cfg.phases.ics.init_from == "backbone" and cfg.phases.ics.trainable
+    if name.startswith("l2w_"):
+        assert cfg.loss.terms.ce._target_.endswith("SampleWeightedCrossEntropy")
+        assert cfg.callbacks.meta_reweighting._target_.endswith("MetaReweighting")
+    if name.startswith("boostnet_"):                                   # additive exits, paper's gradient rescaling
+        assert cfg.model.isc == "identity" and cfg.model.isc_detach and cfg.model.gradient_equilibrium
+        assert cfg.model.ge_scales == "all"
 
 
 def _synthetic(name: str) -> list[str]:
     size, stem = ("64", "imagenet") if "imagenet" in name else ("32", "cifar")
     return ["data=synthetic", "data.num_classes=10", f"data.image_size={size}", f"data.stem={stem}",
             "data.batch_size=4", "data.eval_batch_size=8", "data.val_size=16", "data.train_samples=64",
-            "data.test_samples=16", "trainer.fast_dev_run=true", "timing.enabled=false", "logger=none"]
+            "data.test_samples=16", "trainer.fast_dev_run=true", "timing.enabled=false", "logger=none",
+            *(["callbacks.meta_reweighting.meta_size=16"] if name.startswith("l2w_") else [])]
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in LIGHT else pytest.mark.slow) for n in OVERLAYS])

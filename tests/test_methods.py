@@ -3,6 +3,7 @@ and network switch, a short training that lowers each method's loss, and one cle
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -202,7 +203,7 @@ def test_bad_method_settings_are_one_clear_error(make_cfg, overrides, message):
     with pytest.raises(ConfigError) as err:
         prepare(cfg)
     assert message in str(err.value)
-    assert not (cfg.paths.output_dir and __import__("pathlib").Path(cfg.paths.output_dir, "checkpoints").exists())
+    assert not (cfg.paths.output_dir and Path(cfg.paths.output_dir, "checkpoints").exists())
 
 
 def test_unknown_method_names_the_options(make_cfg):
@@ -211,3 +212,19 @@ def test_unknown_method_names_the_options(make_cfg):
     with pytest.raises(MissingConfigException) as err:
         make_cfg("method=boosting")
     assert "boost" in str(err.value)
+
+
+def test_l2w_trains_through_lightning_and_its_predictor_learns(make_cfg, one_thread):
+    from scan_lightning.cli.train import train
+    from scan_lightning.training.module import load_module
+
+    cfg = make_cfg(*FAST, "method=l2w", "callbacks.meta_reweighting.meta_size=32", "trainer.max_epochs=1",
+                   "trainer.limit_train_batches=3", "timing.enabled=false", "callbacks.threshold_search=null")
+    metrics = train(cfg)
+    assert math.isfinite(metrics["train/meta/loss"])
+    module = load_module(Path(cfg.paths.output_dir, "checkpoints", "last.ckpt"))
+    predictor = module.criterion.terms["ce"].predictor
+    assert predictor.mlp[-1].weight.abs().sum() > 0                # three meta steps moved it off its zero start
+    saved = torch.load(Path(cfg.paths.output_dir, "checkpoints", "last.ckpt"),
+                       weights_only=True)
+    assert any("MetaReweighting" in key and value for key, value in saved["callbacks"].items())
