@@ -168,6 +168,9 @@ def test_every_method_builds_and_a_short_train_lowers_its_loss(make_cfg, method,
         total, _ = module.criterion(module.net(x), y)
         optimizer.zero_grad()
         total.backward()
+        if not losses:   # DDP without find_unused_parameters: every trainable parameter takes part in the loss
+            unused = [n for n, p in module.net.named_parameters() if p.requires_grad and p.grad is None]
+            assert not unused, unused
         optimizer.step()
         losses.append(total.item())
     assert math.isfinite(losses[-1]) and losses[-1] < losses[0], losses
