@@ -103,6 +103,17 @@ def cases(f: dict[str, Path]) -> list[tuple[str, list[str]]]:
         ("width 0", ["model.backbone.width=0"]),
         ("timing batch sizes empty", ["timing.enabled=true", "timing.batch_sizes=[]"]),
         ("monitor not logged", ["callbacks.model_checkpoint.monitor=val/acc/exit9"]),
+        ("method unknown", ["method=boosting"]),
+        ("SDN ramp maxima of the wrong count", ["method=sdn", "loss.terms.ce_ic.maxima=[0.5,0.5]"]),
+        ("SDN ramp maximum above 1", ["method=sdn", "loss.terms.ce_ic.maxima=[0.5,0.5,1.5]"]),
+        ("PABEE weights unknown", ["method=pbee", "loss.terms.ce.weights=deep"]),
+        ("cascade with one shallow exit", ["method=ztw", "model.exit_after=[2]"]),
+        ("BoostNet with a single exit", ["method=boost", "model.exit_after=[4]"]),
+        ("L2W meta split empty", ["method=l2w", "callbacks.meta_reweighting.meta_size=0"]),
+        ("L2W meta split larger than the training set", ["method=l2w",
+                                                         "callbacks.meta_reweighting.meta_size=100000"]),
+        ("L2W loss without its meta step", ["loss=l2w"]),
+        ("L2W under DDP", ["method=l2w", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]),
     ]
 
 

@@ -231,3 +231,10 @@ def test_l2w_trains_through_lightning_and_its_predictor_learns(make_cfg, one_thr
     saved = torch.load(Path(cfg.paths.output_dir, "checkpoints", "last.ckpt"),
                        weights_only=True)
     assert any("MetaReweighting" in key and value for key, value in saved["callbacks"].items())
+
+
+def test_feature_widths_are_the_pooled_features_whatever_the_linear_reads():
+    for isc in (None, "cascade", "linear"):
+        net = tiny_net(isc=isc).eval()
+        out = net(torch.randn(2, 1, 16, 16))
+        assert net.feature_widths == [f.shape[1] for f in out.features], isc

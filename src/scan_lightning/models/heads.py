@@ -45,11 +45,7 @@ class ExitHead(nn.Module):
     (the loss terms read the features, e.g. SCAN's feature hint)."""
 
     fc: nn.Linear
-
-    @property
-    def feature_width(self) -> int:
-        """Width of the pooled feature the Linear ``fc`` reads."""
-        return self.fc.in_features
+    feature_width: int   # width of the pooled feature (the Linear may read more: ISC and cascade inputs join it)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled feature, one vector per sample (N, feature_width); subclasses implement it."""
@@ -77,6 +73,7 @@ class BottleneckHead(ExitHead):
         self.bottleneck = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(out_features, num_classes)
+        self.feature_width = out_features
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The bottleneck convolutions, then global average pooling, flattened."""
@@ -90,6 +87,7 @@ class LinearHead(ExitHead):
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_channels, num_classes)
+        self.feature_width = in_channels
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Global average pooling of ``x``, flattened."""
@@ -107,6 +105,7 @@ class MSDNetHead(ExitHead):
                                    *conv_bn_relu(width, width, kernel=3, stride=2, padding=1))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(width, num_classes)
+        self.feature_width = width
         he_init(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,6 +131,7 @@ class SDNHead(ExitHead):
         super().__init__()
         self.alpha = nn.Parameter(torch.tensor(0.5))
         self.fc = nn.Linear(in_channels * self.SIZE * self.SIZE, num_classes)
+        self.feature_width = in_channels * self.SIZE * self.SIZE
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``alpha * maxpool + (1 - alpha) * avgpool`` to 4x4, flattened."""
