@@ -136,3 +136,17 @@ def test_exit_rules_scores_every_rule_on_a_short_run(short_run, tmp_path, one_th
     md = out.with_suffix(".md").read_text()
     assert all(f"| {name} |" in md for name in RULE_NAMES) and "docs/results/exit-rules.md" in md
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_leaderboard_statistics_and_operating_points():
+    lb = _load_script("leaderboard")
+    assert lb.t_sf_two_sided(4.302653, 2) == pytest.approx(0.05, abs=1e-4)      # t table, df 2, two-sided 5 %
+    assert lb.t_sf_two_sided(2.262157, 9) == pytest.approx(0.05, abs=1e-4)
+    d = lb.paired([90.0, 91.0, 92.0], [89.0, 89.5, 91.5])
+    assert d["mean"] == pytest.approx(1.0) and d["n"] == 3 and 0.05 < d["p"] < 0.5
+    points = [{"val_acc": 0.80, "val_macs": 20.0, "test_acc": 0.79, "val_ms": 2.0},
+              {"val_acc": 0.90, "val_macs": 60.0, "test_acc": 0.88, "val_ms": 6.0},
+              {"val_acc": 0.85, "val_macs": 40.0, "test_acc": 0.86, "val_ms": 4.0}]
+    assert lb.at_budget(points, "macs", 50.0) == pytest.approx(86.0)               # best validation that fits
+    assert lb.at_budget(points, "macs", 100.0) == pytest.approx(88.0)
+    assert lb.at_budget(points, "macs", 10.0) is None                              # none fits
