@@ -57,3 +57,16 @@ def test_ddp_spawn_keeps_the_post_fit_summary(tmp_path):
     (run_dir,) = tmp_path.glob("logs/train/runs/*")
     assert "test/dynamic/accuracy" in json.loads((run_dir / "summary.json").read_text())["metrics"]
     assert (run_dir / "train.log").read_text().count("Dynamic inference") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["sdn", "pbee", "ztw", "boost"])
+def test_each_method_trains_under_ddp(tmp_path, method):
+    """Every parameter of each method takes part in the loss, so DDP (no find_unused_parameters) trains it."""
+    proc = run_cli(f"method={method}", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data=synthetic",
+                   "data.val_size=63", "model.backbone.width=0.125", "model.bottleneck_width=8",
+                   "trainer.max_epochs=1", "trainer.limit_train_batches=2", "timing.enabled=false",
+                   "callbacks.threshold_search=null", "logger=none", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (run_dir,) = tmp_path.glob("logs/train/runs/*")
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
