@@ -175,3 +175,6 @@ def test_a_finished_run_is_reused_only_by_the_same_config(make_cfg):
     assert train(make_cfg(*args, "logger=none")) == first          # the same run (loggers do not count): skipped
     with pytest.raises(ConfigError, match=r"holds a run of another config \(.*\bseed=0 -> 1\)"):
         train(make_cfg(*args, "seed=1"))
+    saved = Path(make_cfg(*args).paths.output_dir) / "config_resolved.yaml"   # the sweep dir moved elsewhere
+    saved.write_text(saved.read_text().replace("default_root_dir: ", "default_root_dir: /elsewhere"))
+    assert train(make_cfg(*args)) == first

@@ -169,7 +169,8 @@ def finished(run_dir: Path) -> bool:
     return path.is_file() and json.loads(path.read_text()).get("status", "finished") == "finished"
 
 
-RUN_NEUTRAL = ("paths", "logger", "ckpt_path", "callbacks", "optimized_metric")   # do not change what a run learns
+# do not change what a run learns (the trainer's root dir follows the run dir: a sweep dir moved elsewhere still resumes)
+RUN_NEUTRAL = ("paths", "logger", "ckpt_path", "callbacks", "optimized_metric", "trainer.default_root_dir")
 
 
 def flat(tree: object, prefix: str = "") -> dict[str, object]:
