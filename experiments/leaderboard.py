@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 METHOD_ORDER = ["plain", "dsn", "scan", "sdn", "pbee", "ztw", "l2w", "boost"]
@@ -50,7 +50,8 @@ def overrides(job: Path) -> dict[str, str]:
     files = sorted(job.glob(".hydra/*/overrides.yaml"))
     if not files:
         return {}
-    return dict(item.split("=", 1) for item in yaml.safe_load(files[-1].read_text()) or [] if "=" in item)
+    items = [str(item) for item in OmegaConf.load(files[-1]) or []]   # type: ignore[union-attr]
+    return dict(item.split("=", 1) for item in items if "=" in item)
 
 
 def candidates(t: dict[str, Any]) -> list[dict[str, float]]:
@@ -194,8 +195,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _cell(v: tuple[float, float, int] | None, digits: int = 2) -> str:
-    return "none fits" if v is None else f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
+def _cell(v: tuple[float, float, int] | None, seeds: int, digits: int = 2) -> str:
+    if v is None:
+        return "none fits"
+    some = f" ({v[2]} of {seeds} seeds fit)" if v[2] < seeds else ""
+    return f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}{some}"
 
 
 def _diff(d: dict[str, float] | None) -> str:
@@ -235,24 +239,24 @@ def markdown(s: dict[str, Any], rows: list[dict[str, Any]], command: str, timing
         "| method | seeds | 25 % | 50 % | 75 % | 100 % | deep exit alone | cheapest candidate |",
         "|---|---|---|---|---|---|---|---|"]
     for m, v in s.items():
-        vals, floor, floor_macs = v["values"], v["cheapest"], v["cheapest_mac_fraction"]
+        vals, floor, floor_macs, n = v["values"], v["cheapest"], v["cheapest_mac_fraction"], len(v["seeds"])
         lines.append(f"| {LABELS.get(m, m)} | {len(v['seeds'])} | " + " | ".join(
-            _cell(vals[f"macs:{b}"]) for b in MAC_BUDGETS) + f" | {_cell(vals['deepest'])} | "
-            f"{_cell(floor)} ({100 * floor_macs[0]:.0f} %) |")
+            _cell(vals[f"macs:{b}"], n) for b in MAC_BUDGETS) + f" | {_cell(vals['deepest'], n)} | "
+            f"{_cell(floor, n)} ({100 * floor_macs[0]:.0f} %) |")
     lines += ["", "## Test top-1 at a budget of the plain network's measured time per image", "",
               "Time: the latency table of the deployment form (per-section and per-exit ms per image at batch 64, "
               "measured on this machine after training), as the latency search uses it.", "",
               "| method | 50 % | 75 % | 100 % |", "|---|---|---|---|"]
     for m, v in s.items():
-        lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(_cell(v["values"][f"ms:{b}"]) for b in MS_BUDGETS) + " |")
+        lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(_cell(v["values"][f"ms:{b}"], len(v["seeds"])) for b in MS_BUDGETS) + " |")
     lines += ["", "## SCAN's GA point (MAC fitness, beta 200) and its real early exit", "",
               "| method | test top-1 | MACs (% plain) | wall speed-up batch 1 | wall speed-up batch 256 |",
               "|---|---|---|---|---|"]
     for m, v in s.items():
         frac = v["ga_mac_fraction"]
-        lines.append(f"| {LABELS.get(m, m)} | {_cell(v['values']['ga'])} | "
+        lines.append(f"| {LABELS.get(m, m)} | {_cell(v['values']['ga'], len(v['seeds']))} | "
                      f"{'-' if frac is None else f'{100 * frac[0]:.0f} ± {100 * frac[1]:.0f}'} | "
-                     f"{_cell(v['ga_wall_speedup_1'])}x | {_cell(v['ga_wall_speedup_256'])}x |")
+                     f"{_cell(v['ga_wall_speedup_1'], len(v['seeds']))}x | {_cell(v['ga_wall_speedup_256'], len(v['seeds']))}x |")
     lines += ["", "## Against DSN, paired by seed", "",
               "Mean difference in points (method - DSN) over the seeds both have, two-sided paired t-test p-value; "
               "** marks p < 0.05 (with 3 seeds a t-test has 2 degrees of freedom: only large, consistent "

@@ -1,7 +1,8 @@
 """Benchmark: what a training step of each method costs next to the plain network's, on the leaderboard's network.
 
 Each method of ``conf/method/`` is built as ``experiment=leaderboard_fashion method=<name>`` composes it (the 1/4-width
-quickstart ResNet18 at 1x28x28, batch 128, SGD as configured). One step = forward, loss, backward, optimiser step;
+quickstart ResNet18 at 1x28x28, batch 128, SGD as configured); ``plain`` is the plain network itself (the backbone and
+the deep head, no shallow exit). One step = forward, loss, backward, optimiser step;
 for L2W also its meta step (one-step look-ahead, :func:`scan_lightning.losses.l2w.meta_step`, and the predictor's Adam
 step) every ``interval``-th step, as ``MetaReweighting`` runs it, so the median step carries its share. The methods are
 timed interleaved, ``--steps`` steps per method per pass, ``--passes`` passes; the median ms per step is reported.
@@ -31,6 +32,8 @@ from scan_lightning.training.callbacks.meta_reweighting import l2w_term
 from scan_lightning.utils.defaults import config_dir
 
 METHODS = ["plain", "dsn", "scan", "sdn", "pbee", "ztw", "l2w", "boost"]
+# the plain network itself: the backbone and the deep head, no shallow exit (method=plain keeps the heads at weight 0)
+PLAIN = ["model.exit_after=[4]", "~loss.terms.ce"]
 
 
 def make_step(method: str, batch: int) -> Callable[[], None]:
@@ -38,7 +41,7 @@ def make_step(method: str, batch: int) -> Callable[[], None]:
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=["paths.output_dir=unused", "logger=none", "experiment=leaderboard_fashion",
-                                          f"method={method}"])
+                                          f"method={method}", *(PLAIN if method == "plain" else [])])
     module = build_module(cfg)
     net, criterion = module.net.train(), module.criterion
     optimizer = module.configure_optimizers()
