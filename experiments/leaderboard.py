@@ -206,6 +206,8 @@ def _cell(v: tuple[float, float, int] | None, seeds: int, digits: int = 2) -> st
 def _diff(d: dict[str, float] | None) -> str:
     if d is None:
         return "-"
+    if d["n"] < 2:
+        return f"{d['mean']:+.2f} (1 seed, no test)"
     star = " **" if d["p"] < 0.05 else ""
     return f"{d['mean']:+.2f} (p {d['p']:.2f}){star}"
 
