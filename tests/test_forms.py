@@ -202,3 +202,34 @@ def test_the_plain_network_is_one_rule_on_every_backend(isc):
     assert table.plain_every_exit == (isc == "linear")
     expected = sum(table.section_ms) + (sum(table.exit_ms_own) if isc == "linear" else table.deep_head_ms)
     assert table.plain_ms == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("isc", [None, "identity", "cascade"])
+def test_openvino_form_computes_what_the_eager_form_does(isc):
+    """OpenVINO's CPU plugin runs the same ONNX parts: every exit, the plain network and real early exit (batch
+    compaction, batch 1) agree with the eager deployment form."""
+    pytest.importorskip("openvino")
+    from scan_lightning.export import deploy
+    from scan_lightning.policy import ExitPolicy
+    from scan_lightning.runtime.early_exit import EarlyExitRunner
+
+    net = scan_net(isc).eval()
+    x = torch.randn(6, 3, 32, 32)
+    costs = measure_costs(net, (3, 32, 32))
+    eager = DeployedNetwork(net)
+    ov = deploy(net, DeployOptions(openvino=True), costs)
+    assert type(ov).__name__ == "OvNetwork"
+    for got, want in zip(ov.all_exits(x), eager.all_exits(x)):
+        torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(ov.plain(x), eager.plain(x), atol=2e-4, rtol=2e-4)
+    policy = ExitPolicy.create([0.3] * net.num_exits, fallback="deepest")
+    for batch in (x, x[:1]):
+        a, b = EarlyExitRunner(ov, policy, costs)(batch), EarlyExitRunner(eager, policy, costs)(batch)
+        assert torch.equal(a.exit_index, b.exit_index) and torch.equal(a.prediction, b.prediction)
+
+
+def test_one_runtime_at_a_time():
+    with pytest.raises(ValueError, match="onnxruntime and openvino exclude each other"):
+        DeployOptions(onnxruntime=True, openvino=True)
+    with pytest.raises(ValueError, match="compile and openvino exclude each other"):
+        DeployOptions(compile=True, openvino=True)

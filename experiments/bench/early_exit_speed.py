@@ -143,6 +143,7 @@ def main() -> None:
     parser.add_argument("--ckpt", default=None, help="trained checkpoint (default: untrained config networks)")
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd deployment form")
     parser.add_argument("--onnxruntime", action="store_true", help="also time the form run by onnxruntime")
+    parser.add_argument("--openvino", action="store_true", help="also time the form run by OpenVINO's CPU plugin")
     parser.add_argument("--only", default=None, help="substring of the network names to run")
     parser.add_argument("--no-eager", action="store_true", help="skip the eager form (time the deployment forms only)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -154,6 +155,8 @@ def main() -> None:
         forms["deploy+compile"] = DeployOptions(compile=True)
     if args.onnxruntime:
         forms["deploy+onnxruntime"] = DeployOptions(onnxruntime=True)
+    if args.openvino:
+        forms["deploy+openvino"] = DeployOptions(openvino=True)
     if any(o is not None and o.retain_memory for o in forms.values()):
         retain_freed_memory()     # process-wide: on from the start, so every form and network runs with it
     rows, profiles, meta_nets = [], [], {}

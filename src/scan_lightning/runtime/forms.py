@@ -41,7 +41,7 @@ _DEFAULTS: dict[str, bool] = group_defaults("timing")["deploy"]
 class DeployOptions:
     """Which rewrites the deployment form applies; the defaults are ``timing.deploy`` of
     ``conf/timing/default.yaml``, their one home (all on but ``compile``, which costs ~10-60 s per part up front,
-    and ``onnxruntime``, an optional extra). ``retain_memory`` is process-wide (it tunes malloc), so the plain
+    and ``onnxruntime`` / ``openvino``, optional extras; at most one of ``compile``, ``onnxruntime``, ``openvino``). ``retain_memory`` is process-wide (it tunes malloc), so the plain
     network timed beside the early-exit one runs with it as well."""
 
     fold_batchnorm: bool = _DEFAULTS["fold_batchnorm"]
@@ -50,6 +50,7 @@ class DeployOptions:
     channels_last: bool = _DEFAULTS["channels_last"]
     compile: bool = _DEFAULTS["compile"]
     onnxruntime: bool = _DEFAULTS["onnxruntime"]
+    openvino: bool = _DEFAULTS["openvino"]
     retain_memory: bool = _DEFAULTS["retain_memory"]
 
     def __post_init__(self) -> None:
@@ -58,6 +59,9 @@ class DeployOptions:
             raise ValueError(f"timing.deploy settings must be true or false; got {not_bool}")
         if self.compile and self.onnxruntime:
             raise ValueError("timing.deploy: compile and onnxruntime exclude each other; choose one")
+        runtimes = [k for k in ("compile", "onnxruntime", "openvino") if getattr(self, k)]
+        if len(runtimes) > 1:
+            raise ValueError(f"timing.deploy: {' and '.join(runtimes)} exclude each other; choose one")
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None = None) -> DeployOptions:
